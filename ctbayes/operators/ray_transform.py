@@ -1,0 +1,109 @@
+"""The ray transform A: image -> sinogram, one interface over two backends.
+
+`RayTransform` is a JAX pytree (the sparse matrix, if any, is its leaf), so it can be passed
+into jitted functions as an argument instead of being baked in as a constant. Calling it
+applies A, `.T` applies A^T; both keep leading batch dimensions and are differentiable,
+vmappable and transposable by JAX.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctbayes.errors import InputError
+from ctbayes.geometry import Geometry
+from ctbayes.operators import astra_backend, sparse_backend
+
+BACKENDS = ("auto", "astra", "sparse")
+SPARSE_MAX_NNZ = 4e7  # about 0.5 GB of matrix; beyond this the callback backend is used
+
+
+@jax.tree_util.register_pytree_node_class
+class RayTransform:
+    """A linear ray transform for one geometry. Build it with `make_ray_transform`."""
+
+    def __init__(self, geometry: Geometry, backend: str, projector: str, matrix=None):
+        self.geometry = geometry
+        self.backend = backend
+        self.projector = projector
+        self.matrix = matrix
+
+    # -- pytree -------------------------------------------------------------------------
+    def tree_flatten(self):
+        return (self.matrix,), (self.geometry, self.backend, self.projector)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*aux, matrix=children[0])
+
+    # -- shapes -------------------------------------------------------------------------
+    @property
+    def domain_shape(self) -> tuple[int, ...]:
+        return self.geometry.image_shape
+
+    @property
+    def range_shape(self) -> tuple[int, ...]:
+        return self.geometry.sinogram_shape
+
+    def __repr__(self):
+        return f"RayTransform({self.backend}, {self.projector}, {self.geometry.describe()})"
+
+    # -- application --------------------------------------------------------------------
+    def __call__(self, x):
+        """A x for an image or a batch of images (..., *domain_shape)."""
+        if self.backend == "sparse":
+            return self._sparse_apply(self.matrix, x, self.domain_shape, self.range_shape)
+        return astra_backend.forward(x, self.geometry, self.projector)
+
+    def T(self, y):  # noqa: N802 - the conventional name for the transpose
+        """A^T y for a sinogram or a batch of sinograms (..., *range_shape)."""
+        if self.backend == "sparse":
+            return self._sparse_apply(self.matrix.T, y, self.range_shape, self.domain_shape)
+        return astra_backend.backward(y, self.geometry, self.projector)
+
+    @staticmethod
+    def _sparse_apply(matrix, x, in_shape, out_shape):
+        x = jnp.asarray(x, jnp.float32)
+        batch = x.shape[: x.ndim - len(in_shape)]
+        flat = x.reshape((-1, int(np.prod(in_shape))))
+        out = (matrix @ flat.T).T
+        return out.reshape(batch + tuple(out_shape))
+
+    def norm(self, iterations: int = 30, seed: int = 0) -> float:
+        """The operator norm ||A||, estimated by power iteration on A^T A."""
+        x = jax.random.normal(jax.random.key(seed), self.domain_shape)
+
+        def step(x, _):
+            y = self.T(self(x))
+            return y / jnp.linalg.norm(y), None
+
+        x, _ = jax.lax.scan(step, x / jnp.linalg.norm(x), None, length=iterations)
+        return float(jnp.linalg.norm(self(x)))
+
+
+def make_ray_transform(geometry: Geometry, backend: str = "auto", projector: str | None = None,
+                       use_cuda: bool | None = None) -> RayTransform:
+    """Build the ray transform of a geometry.
+
+    backend: "astra" (host callback, CPU or CUDA), "sparse" (ASTRA-assembled matrix inside
+    XLA, 2D CPU projectors only) or "auto": ASTRA CUDA where a GPU is present, else the sparse
+    matrix when it is small enough (see SPARSE_MAX_NNZ), else the ASTRA CPU callback.
+    projector: ASTRA CPU projector type (parallel: linear, strip, line; fanflat:
+    line_fanflat, strip_fanflat); ignored on CUDA.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"Unknown ray-transform backend {backend!r}; expected one of {', '.join(BACKENDS)}.")
+    if backend == "sparse" and (use_cuda or geometry.is_3d):
+        raise InputError("The sparse backend needs a 2D geometry and an ASTRA CPU projector.")
+    if backend == "sparse":
+        use_cuda = False
+    resolved = astra_backend.resolve_projector(geometry, projector, use_cuda)
+    if backend == "auto":
+        small = resolved not in ("cuda", "cuda3d") and \
+            sparse_backend.estimated_nnz(geometry, resolved) <= SPARSE_MAX_NNZ
+        backend = "sparse" if small else "astra"
+    if backend == "sparse":
+        return RayTransform(geometry, "sparse", resolved, sparse_backend.assemble(geometry, resolved))
+    return RayTransform(geometry, "astra", resolved)

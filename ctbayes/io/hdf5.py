@@ -104,7 +104,8 @@ def _read(f, where) -> Scan:
         keys = np.asarray(keys).ravel()
         if len(keys) != data.shape[0]:
             raise InputError(f"{where}: /{IMAGE_KEY} has {len(keys)} entries but /{DATA} has {data.shape[0]} frames.")
-        data, angles_deg = normalise_counts(data, keys, angles_deg, where)
+        if np.any(keys != 0):  # flats or darks present: the projections are raw counts
+            data, angles_deg = normalise_counts(data, keys, angles_deg, where)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{where}: /{DATA} contains NaN or infinite values.")
     if not np.all(np.isfinite(angles_deg)):
@@ -165,7 +166,7 @@ def normalise_counts(data, keys, angles_deg, where):
     if not proj.any():
         raise InputError(f"{where}: /{IMAGE_KEY} marks no projections (key 0).")
     if not flat.any():
-        raise InputError(f"{where}: raw counts need flat fields (image_key 1), found none.")
+        raise InputError(f"{where}: /{IMAGE_KEY} marks darks but no flat fields (key 1); raw counts need both.")
     dark_mean = data[dark].mean(axis=0) if dark.any() else np.zeros(data.shape[1:])
     flat_mean = data[flat].mean(axis=0)
     return line_integrals(data[proj], flat_mean, dark_mean), angles_deg[proj]

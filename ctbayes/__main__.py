@@ -1,0 +1,5 @@
+import sys
+
+from ctbayes.cli import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""The `ctbayes` command: a thin layer that maps flags onto the library.
+
+Bad input ends with one sentence on stderr and exit status 2, never a traceback and never a
+partial output file (all outputs are written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ctbayes import __version__
+from ctbayes.errors import InputError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctbayes", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ctbayes {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("reconstruct", help="reconstruct a scan file")
+    rec.add_argument("scan", type=Path)
+    rec.add_argument("-o", "--output", type=Path, help="result file (default: SCAN.ctbayes.h5)")
+    rec.add_argument("--method", default="fbp", choices=["fbp", "tv"])
+    rec.add_argument("--backend", default="auto", choices=["auto", "astra", "sparse"],
+                     help="ray transform: ASTRA callback, sparse matrix in XLA, or automatic")
+    rec.add_argument("--projector", help="ASTRA CPU projector (linear, strip, line, line_fanflat, strip_fanflat)")
+    rec.add_argument("--filter", default="Ram-Lak", help="FBP filter (Ram-Lak, Shepp-Logan, Cosine, Hamming, Hann)")
+    rec.add_argument("--frequency-scaling", type=float, default=1.0, help="FBP filter cut-off in (0, 1]")
+    rec.add_argument("--tv", type=float, default=None, help="TV weight (default: discrepancy principle)")
+    rec.add_argument("--tv-iterations", type=int, default=500)
+    rec.add_argument("--figures", type=Path, help="directory for PNG figures")
+
+    info = sub.add_parser("info", help="describe a scan file")
+    info.add_argument("scan", type=Path)
+
+    imp = sub.add_parser("import", help="convert HTC2022 .mat, Data Exchange or NXtomo files")
+    imp.add_argument("source", type=Path)
+    imp.add_argument("output", type=Path)
+    imp.add_argument("--every", type=int, default=1, help="keep every k-th view")
+    imp.add_argument("--angle-range", type=float, nargs=2, metavar=("START", "STOP"),
+                     help="keep views with START <= angle < STOP (degrees)")
+    imp.add_argument("--binning", type=int, default=1, help="average this many detector pixels")
+    imp.add_argument("--image-size", type=int, help="reconstruction grid side, same field of view")
+    imp.add_argument("--row", type=int, help="detector row of a 3D Data Exchange scan (default: middle)")
+    imp.add_argument("--center", type=float, help="rotation-axis detector column (default: estimated)")
+
+    sim = sub.add_parser("simulate", help="simulate a scan of a phantom, with its ground truth")
+    sim.add_argument("output", type=Path)
+    sim.add_argument("--phantom", default="shepp-logan", choices=["shepp-logan", "ellipses", "rectangles"])
+    sim.add_argument("--size", type=int, default=64)
+    sim.add_argument("--beam", default="parallel", choices=["parallel", "fanflat"])
+    sim.add_argument("--views", type=int, default=30)
+    sim.add_argument("--arc", type=float, default=None, help="angular range in degrees (default 180 parallel, 360 fan)")
+    sim.add_argument("--det-count", type=int)
+    sim.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson", "none"])
+    sim.add_argument("--noise-level", type=float, default=0.05, help="Gaussian std relative to mean |Ax|")
+    sim.add_argument("--photons", type=float, default=1e4, help="incident photons per pixel (Poisson)")
+    sim.add_argument("--supersample", type=int, default=2, help="project a finer phantom (avoids the inverse crime)")
+    sim.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _reconstruct(args):
+    from ctbayes.io import read_scan
+    from ctbayes.reconstruct import ReconstructConfig, reconstruct
+    from ctbayes.results import default_output, write_result
+
+    scan = read_scan(args.scan)
+    output = args.output or default_output(args.scan)
+    config = ReconstructConfig(method=args.method, backend=args.backend, projector=args.projector,
+                               fbp_filter=args.filter, fbp_frequency_scaling=args.frequency_scaling,
+                               tv_weight=args.tv, tv_iterations=args.tv_iterations)
+    result = reconstruct(scan, config)
+    write_result(result, output, scan_path=args.scan)
+    if args.figures:
+        from ctbayes.figures import reconstruction_figures
+
+        reconstruction_figures(scan, result, args.figures)
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+    print(f"{result.method}: wrote {output}" + (f" ({summary})" if summary else ""))
+
+
+def _info(args):
+    import numpy as np
+
+    from ctbayes.io import read_scan
+
+    scan = read_scan(args.scan)
+    g = scan.geometry
+    print(f"{args.scan}: {g.describe()}")
+    print(f"sinogram {scan.sinogram.shape}, values {scan.sinogram.min():.4g} to {scan.sinogram.max():.4g}")
+    if scan.ground_truth is not None:
+        gt = scan.ground_truth
+        print(f"ground truth {gt.shape}, values {gt.min():.4g} to {gt.max():.4g}")
+    if scan.noise_std is not None:
+        print(f"noise std {scan.noise_std:.4g} ({100 * scan.noise_std / np.abs(scan.sinogram).mean():.2f}% of mean |y|)")
+    for name, image in scan.references.items():
+        print(f"reference {name} {image.shape}, values {image.min():.4g} to {image.max():.4g}")
+
+
+def _import(args):
+    from ctbayes.io import write_scan
+    from ctbayes.io.importers import import_scan
+
+    options = {k: getattr(args, k) for k in ("every", "angle_range", "binning", "image_size", "row", "center")}
+    scan = import_scan(args.source, **{k: v for k, v in options.items() if v is not None})
+    write_scan(scan, args.output)
+    print(f"wrote {args.output}: {scan.geometry.describe()}")
+
+
+def _simulate(args):
+    from ctbayes.io import write_scan
+    from ctbayes.phantoms import make_phantom
+    from ctbayes.simulate import default_geometry, simulate_scan
+
+    if args.size < 8:
+        raise InputError(f"--size must be at least 8 pixels, got {args.size}.")
+    arc = args.arc if args.arc is not None else (180.0 if args.beam == "parallel" else 360.0)
+    geometry = default_geometry(args.size, beam=args.beam, views=args.views, arc_degrees=arc,
+                                det_count=args.det_count)
+    image = make_phantom(args.phantom, args.size, args.seed)
+    scan = simulate_scan(image, geometry, noise=args.noise, noise_level=args.noise_level,
+                         photons=args.photons, seed=args.seed, supersample=args.supersample)
+    write_scan(scan, args.output)
+    print(f"wrote {args.output}: {geometry.describe()}")
+
+
+COMMANDS = {"reconstruct": _reconstruct, "info": _info, "import": _import, "simulate": _simulate}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except InputError as err:
+        print(f"ctbayes: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctbayes: interrupted.", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"ctbayes: error: {err.strerror or err} ({err.filename or 'file system'}).", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - the CLI promises no raw tracebacks
+        if args.debug:
+            raise
+        print(f"ctbayes: internal error: {type(err).__name__}: {err} (rerun with --debug for details).",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

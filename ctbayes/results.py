@@ -1,0 +1,84 @@
+"""Result files: `reconstruction/mean` (+ `std`, `samples` later) with their provenance.
+
+Every result records the method, its settings, the ctbayes version, the input scan and the
+timings as attributes of `/reconstruction`, and is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ctbayes import __version__
+from ctbayes.io.atomic import atomic_path
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """A reconstruction and what made it."""
+
+    mean: np.ndarray
+    method: str
+    settings: dict
+    timings: dict
+    std: np.ndarray | None = None
+    samples: np.ndarray | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+def default_output(scan_path) -> Path:
+    """SCAN.ctbayes.h5 beside the input."""
+    scan_path = Path(scan_path)
+    return scan_path.with_name(scan_path.stem + ".ctbayes.h5")
+
+
+def _attr_value(value):
+    if value is None:
+        return "none"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return value
+
+
+def write_result(result: Reconstruction, path, scan_path=None) -> Path:
+    """Write a result file atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        group = f.create_group("reconstruction")
+        group.create_dataset("mean", data=np.asarray(result.mean, np.float32))
+        if result.std is not None:
+            group.create_dataset("std", data=np.asarray(result.std, np.float32))
+        if result.samples is not None:
+            group.create_dataset("samples", data=np.asarray(result.samples, np.float32),
+                                 compression="gzip")
+        group.attrs["method"] = result.method
+        group.attrs["version"] = __version__
+        group.attrs["scan"] = str(scan_path) if scan_path is not None else "none"
+        group.attrs["settings"] = json.dumps(result.settings, default=str)
+        for key, value in result.settings.items():
+            group.attrs[f"setting_{key}"] = _attr_value(value)
+        for key, value in result.timings.items():
+            group.attrs[f"seconds_{key}"] = float(value)
+        for key, value in result.metrics.items():
+            group.attrs[f"metric_{key}"] = float(value)
+    return path
+
+
+def read_result(path) -> Reconstruction:
+    """Read a result file written by `write_result`."""
+    with h5py.File(path, "r") as f:
+        group = f["reconstruction"]
+        attrs = dict(group.attrs)
+        return Reconstruction(
+            mean=group["mean"][()],
+            std=group["std"][()] if "std" in group else None,
+            samples=group["samples"][()] if "samples" in group else None,
+            method=str(attrs["method"]),
+            settings=json.loads(attrs["settings"]),
+            timings={k[8:]: float(v) for k, v in attrs.items() if k.startswith("seconds_")},
+            metrics={k[7:]: float(v) for k, v in attrs.items() if k.startswith("metric_")},
+        )

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--filter", default="Ram-Lak", help="FBP filter (Ram-Lak, Shepp-Logan, Cosine, Hamming, Hann)")
     rec.add_argument("--frequency-scaling", type=float, default=1.0, help="FBP filter cut-off in (0, 1]")
     rec.add_argument("--tv", type=float, default=None, help="TV weight (default: discrepancy principle)")
-    rec.add_argument("--tv-iterations", type=int, default=500)
+    rec.add_argument("--tv-iterations", type=int, default=1000)
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file")

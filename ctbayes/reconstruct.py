@@ -30,7 +30,7 @@ class ReconstructConfig:
     fbp_filter: str = "Ram-Lak"
     fbp_frequency_scaling: float = 1.0
     tv_weight: float | None = None
-    tv_iterations: int = 500
+    tv_iterations: int = 1000
 
 
 def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig()) -> Reconstruction:

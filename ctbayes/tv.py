@@ -59,7 +59,7 @@ def _pdhg(A, y, weight, norm_a, x0, iterations_arr):
     return x
 
 
-def tv_reconstruct(A, y, weight, iterations: int = 500, x0=None, norm_a: float | None = None):
+def tv_reconstruct(A, y, weight, iterations: int = 1000, x0=None, norm_a: float | None = None):
     """TV-regularised, non-negative least squares by PDHG for a fixed weight."""
     y = jnp.asarray(y, jnp.float32)
     x0 = jnp.zeros(A.domain_shape, jnp.float32) if x0 is None else jnp.asarray(x0, jnp.float32)

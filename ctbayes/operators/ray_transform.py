@@ -67,6 +67,8 @@ class RayTransform:
     def _sparse_apply(matrix, x, in_shape, out_shape):
         x = jnp.asarray(x, jnp.float32)
         batch = x.shape[: x.ndim - len(in_shape)]
+        if not batch:  # a mat-vec is cheaper than a one-column mat-mat
+            return (matrix @ x.reshape(-1)).reshape(out_shape)
         flat = x.reshape((-1, int(np.prod(in_shape))))
         out = (matrix @ flat.T).T
         return out.reshape(batch + tuple(out_shape))

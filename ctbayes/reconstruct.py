@@ -39,7 +39,9 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig()) -> 
         raise InputError(f"Unknown method {config.method!r}; expected one of {', '.join(METHODS)}.")
     timings = {}
     start = time.perf_counter()
-    A = make_ray_transform(scan.geometry, config.backend, config.projector)
+    # FBP needs A once (for the residual): not worth assembling a sparse matrix for
+    backend = "astra" if config.method == "fbp" and config.backend == "auto" else config.backend
+    A = make_ray_transform(scan.geometry, backend, config.projector)
     timings["operator"] = time.perf_counter() - start
     settings = {"backend": A.backend, "projector": A.projector}
     start = time.perf_counter()

@@ -42,3 +42,61 @@ def segmentation_accuracy(x, segmentation) -> float:
 
     x = np.asarray(x, np.float64)
     return float(np.mean((x > threshold_otsu(x)) == (np.asarray(segmentation) > 0.5)))
+
+
+# -- uncertainty ------------------------------------------------------------------------------
+
+def gaussian_log_likelihood(truth, mean, std) -> float:
+    """Mean per-pixel log N(truth | mean, std^2): the test log-likelihood of a std map."""
+    truth, mean = np.asarray(truth, np.float64), np.asarray(mean, np.float64)
+    var = np.maximum(np.asarray(std, np.float64), 1e-12) ** 2
+    return float(np.mean(-0.5 * (np.log(2 * np.pi * var) + (truth - mean) ** 2 / var)))
+
+
+def best_constant_std(truth, mean) -> float:
+    """The single std that maximises the Gaussian log-likelihood with hindsight: the RMSE."""
+    return float(np.sqrt(np.mean((np.asarray(truth, np.float64) - np.asarray(mean, np.float64)) ** 2)))
+
+
+def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6) -> float:
+    """Per-pixel log-likelihood of the truth under Gaussians fitted to posterior samples on
+    non-overlapping patch x patch blocks (sample mean and covariance, plus jitter * I), as
+    bayes_dip reports it. Pixels outside whole patches are left out."""
+    samples = np.asarray(samples, np.float64)
+    truth = np.asarray(truth, np.float64)
+    n, h, w = samples.shape
+    rows, cols = h // patch, w // patch
+    if rows == 0 or cols == 0:
+        raise ValueError(f"a {patch}x{patch} patch does not fit a {h}x{w} image")
+    d = patch * patch
+
+    def blocks(a):  # (..., rows*patch, cols*patch) -> (..., rows*cols, d)
+        a = a[..., : rows * patch, : cols * patch]
+        a = a.reshape(a.shape[:-2] + (rows, patch, cols, patch))
+        return np.moveaxis(a, -3, -2).reshape(a.shape[:-4] + (rows * cols, d))
+
+    x = blocks(samples)  # (n, P, d)
+    centred = x - x.mean(0)
+    cov = np.einsum("npi,npj->pij", centred, centred) / max(n - 1, 1) + jitter * np.eye(d)
+    diff = blocks(truth) - x.mean(0)
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, diff[..., None])[..., 0]
+    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    logp = -0.5 * (np.sum(z**2, -1) + logdet + d * np.log(2 * np.pi))
+    return float(logp.sum() / (rows * cols * d))
+
+
+def coverage(truth, mean, std, levels=(0.5, 0.9, 0.95)) -> dict:
+    """Fraction of pixels whose truth lies inside the central Gaussian credible interval."""
+    from scipy.stats import norm
+
+    err = np.abs(np.asarray(truth, np.float64) - np.asarray(mean, np.float64))
+    std = np.maximum(np.asarray(std, np.float64), 1e-12)
+    return {float(q): float(np.mean(err <= norm.ppf(0.5 + q / 2) * std)) for q in levels}
+
+
+def calibration_curve(truth, mean, std, points: int = 19):
+    """Nominal against empirical coverage at `points` levels between 0.05 and 0.95."""
+    levels = np.linspace(0.05, 0.95, points)
+    observed = coverage(truth, mean, std, levels)
+    return levels, np.array([observed[float(q)] for q in levels])

@@ -36,8 +36,9 @@ def htc_scans(image_size: int):
 def method_configs(quick: bool):
     for method in METHODS:
         config = ReconstructConfig(method=method)
-        if quick and hasattr(config, "dip_iterations"):
-            config = dataclasses.replace(config, dip_iterations=config.dip_iterations // 4)
+        if quick:
+            config = dataclasses.replace(
+                config, dip=dataclasses.replace(config.dip, iterations=config.dip.iterations // 4))
         yield config
 
 

@@ -11,7 +11,16 @@ import sys
 from pathlib import Path
 
 from ctbayes import __version__
+from ctbayes.dip.fit import DIPConfig
 from ctbayes.errors import InputError
+
+
+def _int_tuple(text: str):
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,14 +32,29 @@ def _parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconstruct", help="reconstruct a scan file")
     rec.add_argument("scan", type=Path)
     rec.add_argument("-o", "--output", type=Path, help="result file (default: SCAN.ctbayes.h5)")
-    rec.add_argument("--method", default="fbp", choices=["fbp", "tv"])
+    rec.add_argument("--method", default="dip", choices=["dip", "fbp", "tv"],
+                     help="deep image prior (default), filtered back-projection or TV")
     rec.add_argument("--backend", default="auto", choices=["auto", "astra", "sparse"],
                      help="ray transform: ASTRA callback, sparse matrix in XLA, or automatic")
     rec.add_argument("--projector", help="ASTRA CPU projector (linear, strip, line, line_fanflat, strip_fanflat)")
     rec.add_argument("--filter", default="Ram-Lak", help="FBP filter (Ram-Lak, Shepp-Logan, Cosine, Hamming, Hann)")
     rec.add_argument("--frequency-scaling", type=float, default=1.0, help="FBP filter cut-off in (0, 1]")
-    rec.add_argument("--tv", type=float, default=None, help="TV weight (default: discrepancy principle)")
-    rec.add_argument("--tv-iterations", type=int, default=1000)
+    rec.add_argument("--tv", type=float, default=None,
+                     help="TV weight: for --method tv the weight w (default: discrepancy principle); "
+                          f"for dip the scale-free gamma (default {DIPConfig.gamma})")
+    rec.add_argument("--tv-iterations", type=int, default=1000, help="PDHG iterations of --method tv")
+    rec.add_argument("--iterations", type=int, default=DIPConfig.iterations, help="DIP Adam steps")
+    rec.add_argument("--lr", type=float, default=DIPConfig.lr, help="DIP learning rate")
+    rec.add_argument("--channels", type=_int_tuple, default=DIPConfig.channels,
+                     help="U-Net channels: one number or one per scale, comma-separated")
+    rec.add_argument("--skip-channels", type=_int_tuple, default=DIPConfig.skip_channels,
+                     help="U-Net skip channels: one number or one per scale (0: no skip)")
+    rec.add_argument("--scales", type=int, default=DIPConfig.scales, help="U-Net scales")
+    rec.add_argument("--seed", type=int, default=DIPConfig.seed, help="DIP seed (network, input z)")
+    rec.add_argument("--checkpoint-every", type=int, default=DIPConfig.checkpoint_every,
+                     help="DIP iterations between checkpoints (OUT.ckpt.npz beside the output)")
+    rec.add_argument("--resume", action="store_true", help="continue an interrupted DIP fit from its checkpoint")
+    rec.add_argument("--no-progress", action="store_true", help="no progress bar")
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file")
@@ -70,11 +94,18 @@ def _reconstruct(args):
 
     scan = read_scan(args.scan)
     output = args.output or default_output(args.scan)
+    dip = DIPConfig(iterations=args.iterations, lr=args.lr, channels=args.channels,
+                    skip_channels=args.skip_channels, scales=args.scales, seed=args.seed,
+                    checkpoint_every=args.checkpoint_every,
+                    **({"gamma": args.tv} if args.tv is not None and args.method == "dip" else {}))
     config = ReconstructConfig(method=args.method, backend=args.backend, projector=args.projector,
                                fbp_filter=args.filter, fbp_frequency_scaling=args.frequency_scaling,
-                               tv_weight=args.tv, tv_iterations=args.tv_iterations)
-    result = reconstruct(scan, config)
+                               tv_weight=args.tv, tv_iterations=args.tv_iterations, dip=dip)
+    checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
+    result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
+                         progress=not args.no_progress)
     write_result(result, output, scan_path=args.scan)
+    checkpoint.unlink(missing_ok=True)  # the result is safe: the checkpoint has done its job
     if args.figures:
         from ctbayes.figures import reconstruction_figures
 

@@ -8,12 +8,13 @@ import time
 import numpy as np
 
 from ctbayes import metrics
+from ctbayes.dip.fit import DIPConfig, fit_dip
 from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
 
-METHODS = ("fbp", "tv")
+METHODS = ("dip", "fbp", "tv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,19 +23,25 @@ class ReconstructConfig:
 
     tv_weight: None chooses it by the discrepancy principle from the scan's noise level (or
     one estimated from the sinogram).
+    dip: the deep-image-prior settings (`ctbayes.dip.fit.DIPConfig`).
     """
 
-    method: str = "fbp"
+    method: str = "dip"
     backend: str = "auto"
     projector: str | None = None
     fbp_filter: str = "Ram-Lak"
     fbp_frequency_scaling: float = 1.0
     tv_weight: float | None = None
     tv_iterations: int = 1000
+    dip: DIPConfig = DIPConfig()
 
 
-def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig()) -> Reconstruction:
-    """Reconstruct a scan with the configured method; metrics are added where truth is known."""
+def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
+                checkpoint=None, resume: bool = False, progress: bool = False) -> Reconstruction:
+    """Reconstruct a scan with the configured method; metrics are added where truth is known.
+
+    checkpoint, resume, progress: for the DIP fit (see `ctbayes.dip.fit.fit_dip`).
+    """
     if config.method not in METHODS:
         raise InputError(f"Unknown method {config.method!r}; expected one of {', '.join(METHODS)}.")
     timings = {}
@@ -50,9 +57,16 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig()) -> 
 
         image = fbp(scan.sinogram, scan.geometry, config.fbp_filter, config.fbp_frequency_scaling)
         settings |= {"filter": config.fbp_filter, "frequency_scaling": config.fbp_frequency_scaling}
-    else:
+    elif config.method == "tv":
         image, weight, noise = _tv(A, scan, config)
         settings |= {"tv_weight": weight, "tv_iterations": config.tv_iterations, "noise_std": noise}
+    else:
+        fit = fit_dip(A, scan.sinogram, config.dip, ground_truth=scan.ground_truth,
+                      checkpoint=checkpoint, resume=resume, progress=progress)
+        image = fit.image
+        settings |= {f"dip_{k}": v for k, v in dataclasses.asdict(config.dip).items()}
+        settings["dip_kept"] = fit.kept
+        timings |= {f"dip_{k}": v for k, v in fit.timings.items()}
     timings["reconstruction"] = time.perf_counter() - start
     image = np.asarray(image, np.float32)
     return Reconstruction(mean=image, method=config.method, settings=settings, timings=timings,

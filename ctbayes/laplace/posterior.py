@@ -1,0 +1,202 @@
+"""`fit_laplace`: the linearised-Laplace posterior of a fitted network, behind the posterior
+interface of ctbayes (`mean`, `sample`, `std`, `predictive_samples`).
+
+The network's image f(theta*) is the point estimate, as in Antoran et al. (TMLR 2023); the
+linearised model supplies the error bars: samples are mean + J w_s with w_s the zero-mean
+posterior weight samples. With `mean="linear"` the linear model's own posterior mean x_lin
+is the centre instead, which is the consistent choice for the surrogate model; x_lin can
+differ noticeably from f(theta*) (the prior shrinks the weights towards mu), so compare
+`linear_mean()` with `mean()` before reading the error bars as error bars of f(theta*).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctbayes.errors import InputError
+from ctbayes.laplace import em, exact, priors, sampling
+from ctbayes.laplace.linearise import PRIOR_MEANS, LinearModel, linear_model
+from ctbayes.laplace.sampling import Hyper, SolverOptions
+from ctbayes.laplace.solvers import CGInfo, check_convergence
+
+SOLVERS = ("cg", "sgd", "exact")
+MEANS = ("network", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaplaceConfig:
+    """Settings of `fit_laplace`.
+
+    prior: "g-prior", "isotropic" or "per-layer" (`priors`); group_depth: per-layer groups
+      by the first k path entries instead of the owning module; gprior_probes: Rademacher
+      probes for the g-prior scale (None: exact, small problems).
+    prior_mean: "zero" (affine model, default) or "mode" (residual model), see `LinearModel`.
+    mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
+    em_cycles, samples: EM cycles and posterior samples per E-step; std_samples: samples
+      behind `std()`; gamma_estimator: "auto", "features" or "weights" (`em`).
+    solver: "cg" (batched CG + Nystrom preconditioner of rank precond_rank), "sgd"
+      (sample-then-optimise, sgd_iterations steps) or "exact" (dense, small problems);
+      sample_batch: samples solved together per device (None: all; bounds memory, and makes
+      samples bitwise independent of the device count).
+    init_prior_variance, init_noise_variance: EM start (None: data-driven, `em.initial_hyper`).
+    seed: used when fit_laplace gets no key.
+    """
+
+    prior: str = "g-prior"
+    prior_mean: str = "zero"
+    mean: str = "network"
+    em_cycles: int = 6
+    samples: int = 32
+    std_samples: int = 128
+    solver: str = "cg"
+    cg_tol: float = 1e-4
+    cg_max_iter: int = 500
+    precond_rank: int = 64
+    sgd_iterations: int = 1000
+    sample_batch: int | None = None
+    gprior_probes: int | None = 64
+    group_depth: int | None = None
+    gamma_estimator: str = "auto"
+    init_prior_variance: float | None = None
+    init_noise_variance: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        choices = {"prior": priors.PRIOR_KINDS, "prior_mean": PRIOR_MEANS, "mean": MEANS,
+                   "solver": SOLVERS, "gamma_estimator": em.ESTIMATORS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"LaplaceConfig.{name} is {getattr(self, name)!r}; expected one "
+                                 f"of {', '.join(allowed)}.")
+        for name in ("samples", "std_samples", "cg_max_iter", "sgd_iterations", "sample_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"LaplaceConfig.{name} must be at least 1.")
+        if self.em_cycles < 0 or self.precond_rank < 0 or self.cg_tol <= 0:
+            raise InputError("LaplaceConfig: em_cycles and precond_rank must be >= 0, cg_tol > 0.")
+
+    @property
+    def solver_options(self) -> SolverOptions:
+        return SolverOptions("sgd" if self.solver == "sgd" else "cg", self.cg_tol,
+                             self.cg_max_iter, self.precond_rank, self.sgd_iterations,
+                             self.sample_batch)
+
+
+class LinearisedLaplace:
+    """The linearised-Laplace posterior over the image (see `fit_laplace`).
+
+    mean(), sample(key, n), std(), predictive_samples(key, n, A_candidate); the learned
+    hyperparameters as `prior_variances` (per group) and `noise_variance`; `history` (EM).
+    """
+
+    def __init__(self, model: LinearModel, hyper: Hyper, config: LaplaceConfig,
+                 history: list[dict], dense: exact.DenseProblem | None = None, mesh=None):
+        self.model = model
+        self.hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
+        self.config = config
+        self.history = history
+        self.dense = dense
+        self.mesh = mesh
+        self._exact = exact.posterior(dense, np.asarray(self.hyper.prior_variances),
+                                      float(self.hyper.noise_variance)) if dense is not None else None
+        self._linear_mean = None
+        self._std = None
+
+    # -- hyperparameters -------------------------------------------------------------------
+    @property
+    def prior_variances(self) -> dict[str, float]:
+        return dict(zip(self.model.prior.names, np.asarray(self.hyper.prior_variances).tolist()))
+
+    @property
+    def noise_variance(self) -> float:
+        return float(self.hyper.noise_variance)
+
+    # -- moments -----------------------------------------------------------------------------
+    def linear_mean(self) -> jax.Array:
+        """The linear model's posterior mean image x_lin (H, W)."""
+        if self._linear_mean is None:
+            if self._exact is not None:
+                self._linear_mean = jnp.asarray(self._exact.image_mean, self.model.theta.dtype)
+            else:
+                self._linear_mean = sampling.posterior_mean(
+                    self.model, self.hyper, self.config.solver_options).image
+        return self._linear_mean
+
+    def mean(self) -> jax.Array:
+        """The centre of the posterior samples (H, W): f(theta*) or x_lin (config.mean)."""
+        return self.model.image if self.config.mean == "network" else self.linear_mean()
+
+    def zero_mean_samples(self, key: jax.Array, n: int) -> jax.Array:
+        """n samples J w_s of the image's deviation from the mean (n, H, W)."""
+        if self._exact is not None:
+            vals, vecs = np.linalg.eigh(self._exact.weight_cov)  # a square root, robust to round-off
+            root = vecs * np.sqrt(np.maximum(vals, 0.0))
+            z = np.asarray(jax.random.normal(key, (n, len(vals))), np.float64)
+            images = (z @ root.T) @ self.dense.J.T
+            return jnp.asarray(images.reshape((n,) + self.model.image_shape), self.model.theta.dtype)
+        draws = sampling.posterior_samples(self.model, self.hyper, key, n,
+                                           self.config.solver_options, mesh=self.mesh)
+        if self.config.solver == "cg":
+            check_convergence(CGInfo(draws.iterations, draws.residual, draws.converged),
+                              self.config.cg_tol)
+        return draws.images
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n posterior image samples (n, H, W), sharded over the devices along n."""
+        return self.mean()[None] + self.zero_mean_samples(key, n)
+
+    def std(self) -> jax.Array:
+        """Per-pixel posterior std (H, W): exact with solver "exact", else from
+        config.std_samples samples (computed once, key from config.seed)."""
+        if self._std is None:
+            if self._exact is not None:
+                self._std = jnp.asarray(self._exact.std, self.model.theta.dtype)
+            else:
+                key = jax.random.fold_in(jax.random.key(self.config.seed), 7)
+                self._std = sampling.pixel_std(self.zero_mean_samples(key, self.config.std_samples))
+        return self._std
+
+    def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
+        """n samples of the noise-free measurements A_c x at another operator on the same grid."""
+        if tuple(A_candidate.domain_shape) != self.model.image_shape:
+            raise InputError(f"The candidate operator acts on images of shape "
+                             f"{tuple(A_candidate.domain_shape)}, not {self.model.image_shape}.")
+        return sampling.predict(A_candidate, self.sample(key, n))
+
+    def __repr__(self):
+        v = ", ".join(f"{k}={val:.3g}" for k, val in self.prior_variances.items())
+        return (f"LinearisedLaplace({self.model.prior.describe()}; prior variances {v}; "
+                f"noise variance {self.noise_variance:.3g}; solver {self.config.solver})")
+
+
+def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfig(),
+                key: jax.Array | None = None, *, mesh=None) -> LinearisedLaplace:
+    """Linearise fn(params) -> (H, W) at params, learn the prior and noise variances by
+    sample-based EM on the data y = A x + noise, and return the posterior.
+
+    fn: any function of a parameter pytree giving the image, e.g. for a flax.nnx network
+    `lambda p: nnx.merge(graphdef, p)(z)`. A: a RayTransform (or any linear JAX operator with
+    domain_shape, range_shape and .T). mesh: the device mesh for sampling (default: all devices).
+    """
+    key = jax.random.key(config.seed) if key is None else key
+    k_prior, k_em = jax.random.split(key)
+    group_by = priors.by_owner if config.group_depth is None else priors.by_prefix(config.group_depth)
+    prior = priors.make_prior(config.prior, params, model_fn=fn, A=A, key=k_prior,
+                              probes=config.gprior_probes, group_by=group_by)
+    model = linear_model(fn, params, A, y, prior, config.prior_mean)
+    init = em.initial_hyper(model)
+    if config.init_prior_variance is not None:
+        init = init._replace(
+            prior_variances=jnp.full_like(init.prior_variances, config.init_prior_variance))
+    if config.init_noise_variance is not None:
+        init = init._replace(
+            noise_variance=jnp.asarray(config.init_noise_variance, init.noise_variance.dtype))
+    dense = exact.dense_problem(model) if config.solver == "exact" else None
+    hyper, history = em.run_em(model, init, k_em, cycles=config.em_cycles, samples=config.samples,
+                               solver=config.solver, opts=config.solver_options,
+                               estimator=config.gamma_estimator, dense=dense, mesh=mesh)
+    return LinearisedLaplace(model, hyper, config, history, dense, mesh)

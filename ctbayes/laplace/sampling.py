@@ -1,0 +1,246 @@
+"""Posterior samples of the linearised model by pathwise conditioning (Matheron's rule).
+
+For the zero-mean weight deviation w ~ N(0, S) and r = A J w + e (see `LinearModel`), a
+posterior draw is a prior draw corrected by the data it would have produced:
+
+    w_s = t_s + S J^T A^T K^-1 (e_s - A J t_s),   t_s ~ N(0, S),  e_s ~ N(0, s2 I),
+
+and the image sample is x_lin + J w_s with the posterior mean x_lin = x0 + J S J^T A^T K^-1 r.
+No covariance matrix is ever formed: K^-1 is applied by batched CG with a Nystrom
+preconditioner, or the whole correction is found by sample-then-optimise (`solvers`).
+
+Samples are sharded over all visible JAX devices: a 1-D mesh over the sample axis, each
+device draws and solves its own samples (`shard_map`) with the same replicated
+preconditioner (computed once, outside the sharded program); one device is just a mesh of
+size one. Every sample has its own key (split from the caller's key) and its own CG stopping
+rule, so the draws do not depend on the number of devices, and with a fixed
+`SolverOptions.batch_size` neither do the samples, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ctbayes.laplace import solvers
+from ctbayes.laplace.linearise import LinearModel, linearise
+
+AXIS = "samples"
+
+
+class Hyper(NamedTuple):
+    """Hyperparameters: prior variance per prior group (G,) and the noise variance s2."""
+
+    prior_variances: jax.Array
+    noise_variance: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverOptions:
+    """How K^-1 is applied. kind: "cg" or "sgd" (sample-then-optimise).
+
+    batch_size: samples solved together on one device (None: all of the device's samples at
+    once). It bounds memory, and with a fixed batch_size the samples are bitwise the same on
+    any number of devices; otherwise they agree to within the solver's tolerance (CG's path
+    depends on round-off, which depends on the batch shape).
+    """
+
+    kind: str = "cg"
+    cg_tol: float = 1e-4
+    cg_max_iter: int = 500
+    precond_rank: int = 64
+    sgd_iterations: int = 1000
+    batch_size: int | None = None
+
+
+class Samples(NamedTuple):
+    """Zero-mean posterior samples and what the EM needs from them.
+
+    images: J w_s, (n, H, W), sharded over the sample axis.
+    weights: w_s (n, d), or None unless asked for.
+    gamma_features: per sample and group, w_g . (J^T A^T A J w)_g / s2 (n, G).
+    gamma_weights: per sample and group, ||w_g||^2 / S_g (n, G).
+    iterations, residual, converged: per sample, solver iterations, final relative residual
+    (CG) or relative gradient norm (SGD), and whether CG reached its tolerance.
+    """
+
+    images: jax.Array
+    weights: jax.Array | None
+    gamma_features: jax.Array
+    gamma_weights: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+
+
+class Mean(NamedTuple):
+    """The linear model's posterior mean: weights w_lin (d,), image x_lin (H, W), solver info."""
+
+    weights: jax.Array
+    image: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+
+
+def sample_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over the sample axis; all visible devices by default."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+# -- operators of the linear model ---------------------------------------------------------
+def operators(model: LinearModel, hyper: Hyper):
+    """Inside jit: (var, phi, phi_t, apply_p, jv) for batches of flat rows.
+
+    var = diag(S); phi(v) = A J v (n, d) -> (n, m); phi_t(u) = J^T A^T u (n, m) -> (n, d);
+    apply_p(u) = phi(var * phi_t(u)), the low-rank part of K; jv(v) = J v (n, H, W).
+    """
+    _, jv, jtu = linearise(model.fn_flat, model.theta)
+    A = model.A
+    shape = tuple(A.range_shape)
+    var = model.prior.variances(hyper.prior_variances)
+
+    def phi(v):
+        return A(jv(v)).reshape(v.shape[0], -1)
+
+    def phi_t(u):
+        return jtu(A.T(u.reshape((u.shape[0],) + shape)))
+
+    def apply_p(u):
+        return phi(var * phi_t(u))
+
+    return var, phi, phi_t, apply_p, jv
+
+
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _preparation(model, hyper, key, opts: SolverOptions):
+    """Solver set-up, computed once on one device and then replicated: the Nystrom
+    preconditioner (CG) or the Lipschitz bound (SGD). Outside the sharded program, so every
+    device count gets the very same preconditioner (a Nystrom factor is sensitive to
+    round-off, and CG's path depends on it)."""
+    var, phi, phi_t, apply_p, _ = operators(model, hyper)
+    m = model.num_data
+    s2 = hyper.noise_variance
+    if opts.kind == "sgd":
+        return 1.1 * (1.0 + solvers.power_max_eig(apply_p, m, key) / s2)
+    if opts.precond_rank > 0:
+        return solvers.nystrom(apply_p, m, min(opts.precond_rank, m), key, s2, model.theta.dtype)
+    return None
+
+
+def _solve(model, hyper, t, e, prep, opts: SolverOptions):
+    """w = t + S J^T A^T K^-1 (e - A J t) for rows (t, e).
+
+    Returns (w, A J w, iterations, residual, converged). With CG, A J w is taken as e - s2 v
+    (v = K^-1 (e - A J t); equal to A J w at convergence), which keeps the features estimate
+    of gamma insensitive to the part of the CG error that K amplifies.
+    """
+    var, phi, phi_t, apply_p, _ = operators(model, hyper)
+    s2 = hyper.noise_variance
+    if opts.kind == "sgd":
+        w, info = solvers.sample_then_optimise(phi, phi_t, var, s2, t, e, lipschitz=prep,
+                                               iterations=opts.sgd_iterations)
+        iters = jnp.full(t.shape[0], opts.sgd_iterations, jnp.int32)
+        return w, phi(w), iters, info.grad_norm, jnp.ones(t.shape[0], bool)
+    v, info = solvers.cg(lambda u: apply_p(u) + s2 * u, e - phi(t), precond=prep,
+                         tol=opts.cg_tol, max_iter=opts.cg_max_iter)
+    return t + var * phi_t(v), e - s2 * v, info.iterations, info.residual, info.converged
+
+
+# -- samples ---------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("opts", "mesh", "return_weights"))
+def _samples(model, hyper, keys, prep, opts, mesh, return_weights):
+    def solve_batch(keys, model, hyper, prep):
+        var, phi, phi_t, _, jv = operators(model, hyper)
+        s2 = hyper.noise_variance
+        shape = tuple(model.A.range_shape)
+
+        def draw(k):
+            k1, k2 = jax.random.split(k)
+            t = jnp.sqrt(var) * jax.random.normal(k1, var.shape, var.dtype)
+            e = jnp.sqrt(s2) * jax.random.normal(k2, shape, var.dtype)
+            return t, e.reshape(-1)
+
+        t, e = jax.vmap(draw)(keys)
+        w, phi_w, iters, residual, converged = _solve(model, hyper, t, e, prep, opts)
+        gamma_f = model.prior.group_sum(w * phi_t(phi_w)) / s2
+        gamma_w = model.prior.group_sum(w * w / var)
+        return (jv(w), (w if return_weights else None), gamma_f, gamma_w, iters, residual,
+                converged)
+
+    def local(keys, model, hyper, prep):
+        if opts.batch_size is None:
+            return solve_batch(keys, model, hyper, prep)
+        # always through lax.map, even for one batch: the same compiled loop body everywhere
+        out = jax.lax.map(lambda k: solve_batch(k, model, hyper, prep),
+                          keys.reshape((-1, opts.batch_size) + keys.shape[1:]))
+        return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+    spec = P(AXIS)
+    out_specs = (spec, spec if return_weights else None, spec, spec, spec, spec, spec)
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(spec, P(), P(), P()),
+                            out_specs=out_specs, check_vma=False)
+    return sharded(keys, model, hyper, prep)
+
+
+def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
+                      opts: SolverOptions = SolverOptions(), *, mesh: Mesh | None = None,
+                      return_weights: bool = False) -> Samples:
+    """n zero-mean posterior samples (images J w_s), sharded over the devices of `mesh`.
+
+    Add the posterior mean image to get samples of the image. The same key gives the same
+    prior draws on any number of devices, and the same samples (bitwise, with a fixed
+    opts.batch_size; else to within the solver tolerance).
+    """
+    mesh = mesh or sample_mesh()
+    size = mesh.devices.size * (opts.batch_size or 1)
+    prep_key, sample_key = jax.random.split(key)
+    keys = jax.random.split(sample_key, n)
+    padded = -(-n // size) * size
+    if padded != n:  # pad with copies; the extra samples are dropped below
+        keys = keys[jnp.arange(padded) % n]
+    keys = jax.device_put(keys, NamedSharding(mesh, P(AXIS)))
+    hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
+    prep = _preparation(model, hyper, prep_key, opts)
+    out = Samples(*_samples(model, hyper, keys, prep, opts, mesh, return_weights))
+    if padded != n:
+        out = Samples(*(None if a is None else a[:n] for a in out))
+    return out
+
+
+# -- the posterior mean ----------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _mean(model, hyper, prep_key, opts):
+    prep = _preparation(model, hyper, prep_key, opts)
+    r = model.residual.reshape(1, -1)
+    t = jnp.zeros((1, model.num_params), model.theta.dtype)
+    w, _, iters, residual, converged = _solve(model, hyper, t, r, prep, opts)
+    _, jv, _ = linearise(model.fn_flat, model.theta)
+    return w[0], model.offset_image + jv(w[0]), iters[0], residual[0], converged[0]
+
+
+def posterior_mean(model: LinearModel, hyper: Hyper, opts: SolverOptions = SolverOptions(),
+                   key: jax.Array | None = None) -> Mean:
+    """The linear model's posterior mean: w_lin = S J^T A^T K^-1 r and x_lin = x0 + J w_lin."""
+    key = jax.random.key(0) if key is None else key
+    hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
+    return Mean(*_mean(model, hyper, key, opts))
+
+
+# -- summaries -------------------------------------------------------------------------------
+def pixel_std(zero_mean_images: jax.Array) -> jax.Array:
+    """Per-pixel std from zero-mean samples (n, H, W): sqrt(mean(x^2)), the mean being known."""
+    return jnp.sqrt(jnp.mean(jnp.square(zero_mean_images), axis=0))
+
+
+@jax.jit
+def predict(A_candidate, images: jax.Array) -> jax.Array:
+    """Noise-free predicted measurements A_c x_s (n, *A_c.range_shape) of image samples."""
+    return A_candidate(images)

@@ -1,0 +1,342 @@
+"""Linearised Laplace: products with J, the exact posterior, CG + Nystrom, sampled std, EM
+against the exact evidence maximiser, device sharding and the sample-then-optimise solver.
+
+Tiny flax.nnx conv nets (about 750 and 230 parameters) fitted to 16x16 and 32x32 disk
+phantoms through the real (sparse ASTRA) ray transform of `small_geometry`.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ctbayes.errors import InputError
+from ctbayes.laplace import (LaplaceConfig, em, exact, fit_laplace, linearise, priors, sampling,
+                             solvers)
+from ctbayes.laplace.sampling import Hyper, SolverOptions
+from ctbayes.operators import make_ray_transform
+from tests.conftest import disk_phantom, small_geometry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- a tiny network and its fitted problems -----------------------------------------------------
+def conv(x, kernel, bias):
+    """A 'SAME' convolution of an (H, W, C) image as one matrix product (im2col)."""
+    k = kernel.shape[0]
+    h, w = x.shape[:2]
+    xp = jnp.pad(x, ((k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    patches = jnp.concatenate([xp[i:i + h, j:j + w] for i in range(k) for j in range(k)], -1)
+    return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+class Conv(nnx.Module):
+    def __init__(self, cin, cout, k, rngs):
+        kernel = jax.random.normal(rngs.params(), (k, k, cin, cout)) / np.sqrt(k * k * cin)
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.Param(0.1 * jax.random.normal(rngs.params(), (cout,)))
+
+    def __call__(self, x):
+        return conv(x, self.kernel[...], self.bias[...])
+
+
+class TinyNet(nnx.Module):
+    def __init__(self, channels, rngs):
+        self.c1 = Conv(2, channels, 3, rngs)
+        self.c2 = Conv(channels, channels, 3, rngs)
+        self.out = Conv(channels, 1, 1, rngs)
+
+    def __call__(self, z):
+        h = nnx.leaky_relu(self.c1(z), 0.2)
+        h = nnx.leaky_relu(self.c2(h), 0.2)
+        return self.out(h)[..., 0]
+
+
+def fitted_problem(size, views, channels, noise=0.05, steps=150, seed=0):
+    """(fn, params, A, y): a tiny net fitted by Adam (`steps`, 0: as initialised) to noisy
+    data of a disk phantom."""
+    A = make_ray_transform(small_geometry("parallel", size, views), "sparse")
+    graphdef, params = nnx.split(TinyNet(channels, nnx.Rngs(seed)), nnx.Param)
+    z = jax.random.normal(jax.random.key(seed + 100), (size, size, 2))
+
+    def fn(p):
+        return nnx.merge(graphdef, p)(z)
+
+    y0 = A(jnp.asarray(disk_phantom(size)))
+    y = y0 + noise * jnp.mean(jnp.abs(y0)) * jax.random.normal(jax.random.key(seed + 1), y0.shape)
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def run(p, A, y):
+        def step(carry, _):
+            p, state = carry
+            g = jax.grad(lambda q: 0.5 * jnp.sum((A(fn(q)) - y) ** 2))(p)
+            updates, state = opt.update(g, state, p)
+            return (optax.apply_updates(p, updates), state), None
+        return jax.lax.scan(step, (p, opt.init(p)), None, length=steps)[0][0]
+
+    return fn, (run(params, A, y) if steps else params), A, y
+
+
+# one set of solver options (and sample count) wherever possible: each new combination costs
+# a compilation of the sampler, which dominates the run time on a CPU
+OPTS = SolverOptions("cg", cg_tol=1e-4, cg_max_iter=500, precond_rank=64)
+N = 64
+
+
+@pytest.fixture(scope="module")
+def p16():
+    """16x16, 10 views (m = 240), 745 parameters (d > m, as for a DIP), g-prior, zero mean,
+    with its dense form and the exact evidence maximiser (the oracle)."""
+    fn, params, A, y = fitted_problem(16, 10, 8)
+    prior = priors.make_prior("g-prior", params, model_fn=fn, A=A, key=jax.random.key(3), probes=64)
+    model = linearise.linear_model(fn, params, A, y, prior, "zero")
+    dense = exact.dense_problem(model)
+    init = em.initial_hyper(model)
+    v, s2, _ = exact.maximise_marginal_likelihood(dense, np.asarray(init.prior_variances),
+                                                  float(init.noise_variance))
+    return dict(fn=fn, params=params, A=A, y=y, model=model, dense=dense, init=init, v=v, s2=s2,
+                hyper=Hyper(jnp.asarray(v, jnp.float32), jnp.asarray(s2, jnp.float32)))
+
+
+# -- 1. products with J ---------------------------------------------------------------------
+def test_jvp_vjp_match_explicit_jacobian_and_are_adjoint(p16):
+    fn, params = p16["fn"], p16["params"]
+    fn_flat, theta, _ = linearise.flatten(fn, params)
+    jac = np.asarray(linearise.dense_jacobian(fn_flat, theta))  # jax.jacfwd, (256, d)
+    v = jax.random.normal(jax.random.key(0), (3, theta.size))
+    u = jax.random.normal(jax.random.key(1), (3, 16, 16))
+    jv = np.asarray(linearise.jvp(fn, params, v)).reshape(3, -1)
+    jtu = np.asarray(linearise.vjp(fn, params, u))
+    np.testing.assert_allclose(jv, np.asarray(v) @ jac.T, rtol=1e-4, atol=1e-4 * np.abs(jv).max())
+    ref = np.asarray(u).reshape(3, -1) @ jac
+    np.testing.assert_allclose(jtu, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # adjoint: <u, J v> = <J^T u, v>
+    lhs = np.sum(np.asarray(u).reshape(3, -1) * jv, axis=1)
+    rhs = np.sum(jtu * np.asarray(v), axis=1)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-4)
+
+
+def test_prior_groups(p16):
+    fn, params, A = p16["fn"], p16["params"], p16["A"]
+    layers = priors.make_prior("per-layer", params)
+    assert layers.names == ("c1", "c2", "out")
+    assert layers.sizes().tolist() == [2 * 9 * 8 + 8, 8 * 9 * 8 + 8, 8 + 1]
+    nested = {"block": {"conv": {"kernel": jnp.ones(3), "bias": jnp.ones(1)},
+                        "norm": {"scale": jnp.ones(2)}}}
+    assert priors.make_prior("per-layer", nested).names == ("block/conv", "block/norm")
+    assert priors.make_prior("per-layer", nested, group_by=priors.by_prefix(1)).names == ("block",)
+    # g-prior: the Hutchinson diagonal estimate agrees with the exact diag(J^T A^T A J)
+    fn_flat, theta, _ = linearise.flatten(fn, params)
+    exact_diag = np.asarray(priors.feature_sq_norms(fn_flat, theta, A, None, None))
+    phi = p16["dense"].Phi
+    np.testing.assert_allclose(exact_diag, np.sum(phi ** 2, 0), rtol=1e-3)
+    estimate = np.asarray(priors.feature_sq_norms(fn_flat, theta, A, jax.random.key(0), 256))
+    assert np.median(np.abs(estimate / exact_diag - 1)) < 0.1
+    g = p16["model"].prior
+    assert g.kind == "g-prior" and g.num_groups == 1 and np.all(np.asarray(g.scale) > 0)
+
+
+# -- 2. the exact path against brute-force Gaussian conditioning ----------------------------------
+def test_exact_posterior_matches_dense_gaussian_conditioning(p16):
+    dense, v, s2 = p16["dense"], p16["v"], p16["s2"]
+    post = exact.posterior(dense, v, s2)
+    J, Phi, r = dense.J, dense.Phi, dense.residual
+    S = np.diag(dense.variances(v))
+    # joint Gaussian of (image, residual data); condition with a plain matrix inverse
+    cxx, cxr, crr = J @ S @ J.T, J @ S @ Phi.T, Phi @ S @ Phi.T + s2 * np.eye(len(r))
+    gain = cxr @ np.linalg.inv(crr)
+    cov = cxx - gain @ cxr.T
+    mean = dense.offset_image + gain @ r
+    scale = np.abs(cov).max()
+    np.testing.assert_allclose(post.image_cov, cov, atol=1e-7 * scale)
+    np.testing.assert_allclose(post.image_mean.ravel(), mean, atol=1e-7 * np.abs(mean).max())
+    np.testing.assert_allclose(post.std.ravel(), np.sqrt(np.diag(cov)), rtol=1e-5)
+    # the weight-space form (precision H = Phi^T Phi / s2 + S^-1) gives the same covariance
+    H = Phi.T @ Phi / s2 + np.linalg.inv(S)
+    np.testing.assert_allclose(post.weight_cov, np.linalg.inv(H),
+                               atol=1e-7 * np.abs(post.weight_cov).max())
+    # the evidence, both forms, against slogdet
+    sign, logdet = np.linalg.slogdet(crr)
+    ref = -0.5 * r @ np.linalg.solve(crr, r) - 0.5 * logdet - 0.5 * len(r) * np.log(2 * np.pi)
+    for form in ("dual", "primal"):
+        assert exact.log_marginal_likelihood(dense, v, s2, form) == pytest.approx(ref, rel=1e-8)
+
+
+# -- 3. CG with the Nystrom preconditioner ------------------------------------------------------
+def test_cg_nystrom_fewer_iterations_and_matches_dense_solve(p16):
+    dense, v, s2 = p16["dense"], p16["v"], p16["s2"]
+    P = np.tensordot(v, dense.grams, 1)
+    K = P + s2 * np.eye(len(P))
+    b = np.asarray(jax.random.normal(jax.random.key(5), (4, len(K))), np.float64)
+    b[0] = dense.residual
+    ref = np.linalg.solve(K, b.T).T
+    P32, K32 = jnp.asarray(P, jnp.float32), jnp.asarray(K, jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def solve(b, rank):
+        pre = solvers.nystrom(lambda u: u @ P32, len(K), 64, jax.random.key(0), s2) if rank else None
+        return solvers.cg(lambda u: u @ K32, b, precond=pre, tol=1e-5, max_iter=2000)
+
+    results = {}
+    for rank in (0, 64):
+        x, info = solve(jnp.asarray(b, jnp.float32), rank)
+        assert bool(jnp.all(info.converged))
+        results[rank] = int(jnp.max(info.iterations))
+        err = np.linalg.norm(np.asarray(x, np.float64) - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        assert err.max() < 1e-2, (rank, err)
+    print(f"CG iterations to 1e-5: {results[0]} without, {results[64]} with rank-64 Nystrom")
+    assert results[64] < 0.5 * results[0]
+
+
+# -- 4. sampled std against the exact std (32x32, CG path) ---------------------------------------
+def test_sampled_std_matches_exact_std_32x32():
+    fn, params, A, y = fitted_problem(32, 20, 4, steps=0)
+    prior = priors.make_prior("isotropic", params)
+    model = linearise.linear_model(fn, params, A, y, prior, "zero")
+    dense = exact.dense_problem(model)
+    init = em.initial_hyper(model)
+    v, s2, _ = exact.maximise_marginal_likelihood(dense, np.asarray(init.prior_variances),
+                                                  float(init.noise_variance))
+    post = exact.posterior(dense, v, s2)
+    hyper = Hyper(jnp.asarray(v, jnp.float32), jnp.asarray(s2, jnp.float32))
+    opts = SolverOptions("cg", cg_tol=1e-4, cg_max_iter=1000, precond_rank=64)
+    draws = sampling.posterior_samples(model, hyper, jax.random.key(0), 128, opts)
+    assert bool(jnp.all(draws.converged))
+    std = np.asarray(sampling.pixel_std(draws.images))
+    rel = np.median(np.abs(std / post.std - 1))
+    print(f"32x32: median relative std error {rel:.3f} (128 samples, "
+          f"{int(draws.iterations.max())} CG iterations)")
+    assert rel < 0.10
+
+
+# -- 5. EM against the exact evidence maximiser --------------------------------------------------
+def test_exact_em_converges_to_oracle(p16):
+    hyper, history = em.run_em(p16["model"], p16["init"], jax.random.key(0), cycles=10,
+                               solver="exact", dense=p16["dense"])
+    assert float(hyper.prior_variances[0]) == pytest.approx(p16["v"][0], rel=1e-2)
+    assert float(hyper.noise_variance) == pytest.approx(p16["s2"], rel=1e-2)
+    assert len(history) == 10
+
+
+def test_sample_based_em_matches_oracle(p16):
+    hyper, history = em.run_em(p16["model"], p16["init"], jax.random.key(1), cycles=5, samples=N,
+                               solver="cg", opts=OPTS)
+    v, s2 = float(hyper.prior_variances[0]), float(hyper.noise_variance)
+    print(f"EM: v {v:.4g} (oracle {p16['v'][0]:.4g}), s2 {s2:.4g} (oracle {p16['s2']:.4g}); "
+          f"CG iterations per cycle {[h['iterations_max'] for h in history]}")
+    assert v == pytest.approx(p16["v"][0], rel=0.10)
+    assert s2 == pytest.approx(p16["s2"], rel=0.10)
+    assert history[-1]["not_converged"] == 0
+
+
+def test_cg_posterior_mean_matches_exact(p16):
+    post = exact.posterior(p16["dense"], p16["v"], p16["s2"])
+    mean = sampling.posterior_mean(p16["model"], p16["hyper"], OPTS)
+    assert bool(mean.converged)
+    scale = np.abs(post.image_mean).max()
+    assert np.abs(np.asarray(mean.image) - post.image_mean).max() < 1e-2 * scale
+    gap = np.linalg.norm(post.image_mean - np.asarray(p16["model"].image))
+    gap /= np.linalg.norm(post.image_mean)
+    print(f"linear-model mean vs network image: relative difference {gap:.2f}")
+
+
+# -- 6. sharding over devices ---------------------------------------------------------------------
+SHARDING_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from ctbayes.laplace import linearise, priors, sampling
+    from ctbayes.operators import make_ray_transform
+    from tests.conftest import small_geometry
+
+    assert len(jax.devices()) == 4, jax.devices()
+    A = make_ray_transform(small_geometry("parallel", 16, 8), "sparse")
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = {"w1": 0.3 * jax.random.normal(keys[0], (3, 3, 1, 4)), "b1": jnp.zeros(4),
+              "w2": 0.5 * jax.random.normal(keys[1], (4,)), "b2": jnp.zeros(())}
+    z = jax.random.normal(keys[2], (1, 16, 16, 1))
+
+    def fn(p):
+        h = jax.lax.conv_general_dilated(z, p["w1"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(h[0] + p["b1"]) @ p["w2"] + p["b2"]
+
+    prior = priors.make_prior("per-layer", params)
+    model = linearise.linear_model(fn, params, A, A(fn(params)) + 0.1, prior)
+    hyper = sampling.Hyper(jnp.ones(model.prior.num_groups), jnp.asarray(0.5))
+    key = jax.random.key(42)
+    one_device = sampling.sample_mesh(jax.devices()[:1])
+    # a fixed batch size: the same arithmetic per sample, so the same bits on 1 and 4 devices
+    opts = sampling.SolverOptions("cg", precond_rank=16, batch_size=2)
+    four = sampling.posterior_samples(model, hyper, key, 8, opts)
+    one = sampling.posterior_samples(model, hyper, key, 8, opts, mesh=one_device)
+    assert len(four.images.sharding.device_set) == 4, four.images.sharding
+    assert len(one.images.sharding.device_set) == 1
+    assert sorted(s.data.shape[0] for s in four.images.addressable_shards) == [2, 2, 2, 2]
+    a, b = np.asarray(four.images), np.asarray(one.images)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+    print("SHARDED-OK: largest difference between 4 devices and 1:", np.abs(a - b).max())
+""")
+
+
+def test_samples_are_sharded_over_devices_and_match_one_device(tmp_path):
+    script = tmp_path / "shard.py"
+    script.write_text(SHARDING_SCRIPT)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SHARDED-OK" in out.stdout
+    print(out.stdout.strip())
+
+
+# -- 7. sample-then-optimise against CG ------------------------------------------------------------
+def test_sgd_samples_match_cg_std(p16):
+    """Same keys, so the same prior draws: the solvers differ only in how well they converge.
+    Tolerance: median relative difference of the per-pixel std below 15% (CG vs exact: 10%)."""
+    model, hyper = p16["model"], p16["hyper"]
+    key = jax.random.key(1)
+    cg = sampling.posterior_samples(model, hyper, key, N, OPTS)
+    sgd = sampling.posterior_samples(model, hyper, key, N, SolverOptions("sgd", sgd_iterations=1000))
+    std_cg = np.asarray(sampling.pixel_std(cg.images))
+    std_sgd = np.asarray(sampling.pixel_std(sgd.images))
+    rel = np.median(np.abs(std_sgd / std_cg - 1))
+    print(f"SGD vs CG: median relative std difference {rel:.3f}")
+    assert rel < 0.15
+
+
+# -- 8. the posterior object --------------------------------------------------------------------------
+def test_fit_laplace_interface(p16):
+    # the same solver options and sample counts as above: the compiled sampler is reused
+    config = LaplaceConfig(prior="g-prior", em_cycles=2, samples=N, std_samples=N,
+                           cg_tol=OPTS.cg_tol, cg_max_iter=OPTS.cg_max_iter,
+                           precond_rank=OPTS.precond_rank)
+    assert config.solver_options == OPTS
+    post = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], config, jax.random.key(0))
+    assert set(post.prior_variances) == {"g"} and post.noise_variance > 0
+    assert len(post.history) == 2
+    np.testing.assert_allclose(post.mean(), p16["fn"](p16["params"]), rtol=1e-6)
+    samples = post.sample(jax.random.key(1), N)
+    assert samples.shape == (N, 16, 16)
+    assert post.std().shape == (16, 16) and bool(jnp.all(post.std() > 0))
+    A_c = make_ray_transform(small_geometry("parallel", 16, 3).with_angles([0.1, 0.7, 1.3]), "sparse")
+    pred = post.predictive_samples(jax.random.key(2), N, A_c)
+    assert pred.shape == (N, 3, 24)
+    np.testing.assert_allclose(pred, A_c(post.sample(jax.random.key(2), N)), rtol=1e-4, atol=1e-4)
+    # the exact solver: std is the exact one at the learned hyperparameters
+    exact_post = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"],
+                             LaplaceConfig(prior="isotropic", solver="exact", em_cycles=3))
+    ref = exact.posterior(exact_post.dense, np.asarray(exact_post.hyper.prior_variances),
+                          exact_post.noise_variance)
+    np.testing.assert_allclose(exact_post.std(), ref.std, rtol=1e-5)
+    with pytest.raises(InputError):
+        LaplaceConfig(prior="gaussian-process")

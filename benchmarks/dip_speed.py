@@ -11,7 +11,6 @@ the GPU.
 
 from __future__ import annotations
 
-import astra
 import jax
 
 from common import parse_args, report
@@ -37,7 +36,7 @@ def main():
             t = time_breakdown(A, y, DIPConfig(), repeats=repeats)
             s = t["seconds_per_iteration"]
             row = dict(image=f"{n}x{n}", views=30, backend=backend,
-                       device="gpu" if (backend == "astra" and astra.use_cuda()) else "cpu",
+                       projector=A.projector, jax_device=jax.default_backend(),
                        it_per_s=t["iterations_per_second"], ms_step=1e3 * s["step"],
                        ms_operator=1e3 * s["operator"], ms_network=1e3 * s["network"],
                        operator_fraction=t["operator_fraction"],

@@ -87,8 +87,11 @@ def test_norm_estimate_matches_svd():
     assert A.norm(iterations=100) == pytest.approx(np.linalg.norm(dense, 2), rel=1e-3)
 
 
-def test_auto_backend_picks_sparse_for_small_cpu_problems():
-    assert make_ray_transform(small_geometry("parallel")).backend == ("astra" if cuda_available() else "sparse")
+def test_auto_backend_picks_sparse_for_small_problems(monkeypatch):
+    assert make_ray_transform(small_geometry("parallel")).backend == "sparse"
+    monkeypatch.setattr("ctbayes.operators.ray_transform.SPARSE_MAX_NNZ", 10)
+    big = make_ray_transform(small_geometry("parallel"))
+    assert big.backend == "astra" and big.projector == ("cuda" if cuda_available() else "linear")
 
 
 @pytest.mark.skipif(cuda_available(), reason="a GPU is present, so 3D is allowed")

@@ -1,0 +1,1 @@
+"""Score-based variational inference: proximal score matching, baselines, DIP posterior."""

@@ -89,13 +89,14 @@ def mackay_update(prior, w_lin, gamma, data_fit: float, m: int):
 def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
            samples: int = 64, solver: str = "cg", opts: SolverOptions | None = None,
            estimator: str = "auto", dense: "exact.DenseProblem | None" = None,
-           mesh=None) -> tuple[Hyper, list[dict]]:
+           mesh=None, cache: dict | None = None) -> tuple[Hyper, list[dict]]:
     """Run `cycles` EM cycles from `init`; return the final hyperparameters and the history.
 
     solver: "cg", "sgd" (sample-based E-step, `samples` samples per cycle) or "exact" (dense).
     History: one dict per cycle with the hyperparameters it produced, gamma per group (and
     its Monte Carlo standard error), the weight norms, the data fit ||y - A x_lin||^2 and
     the solver's convergence summary (CG iterations, residuals, systems not converged).
+    cache: a dict that receives "preconditioner" = (the last one, its hyper) for reuse.
     """
     if estimator not in ESTIMATORS:
         raise InputError(f"Unknown effective-dimension estimator {estimator!r}; expected one of "
@@ -110,6 +111,7 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
     m = model.num_data
     hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in init))
     history = []
+    previous = None  # (preconditioner, its hyper): reused across cycles where exact
     for cycle in range(cycles):
         k_mean, k_samples = jax.random.split(jax.random.fold_in(key, cycle))
         info = {}
@@ -121,8 +123,13 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
             w_lin = jnp.asarray(post.weight_mean, model.theta.dtype)
             data_fit = float(np.sum((dense.residual - dense.Phi @ post.weight_mean) ** 2))
         else:
-            mean = sampling.posterior_mean(model, hyper, opts, k_mean)
-            draws = sampling.posterior_samples(model, hyper, k_samples, samples, opts, mesh=mesh)
+            prep = sampling.preconditioner(model, hyper, k_mean, opts, previous)
+            previous = (prep, hyper)
+            if cache is not None:
+                cache["preconditioner"] = previous
+            mean = sampling.posterior_mean(model, hyper, opts, prep=prep)
+            draws = sampling.posterior_samples(model, hyper, k_samples, samples, opts, mesh=mesh,
+                                               prep=prep)
             if solver == "cg":
                 info = solvers.check_convergence(solvers.CGInfo(
                     *(jnp.concatenate([a, b[None]]) for a, b in

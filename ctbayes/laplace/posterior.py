@@ -94,7 +94,8 @@ class LinearisedLaplace:
     """
 
     def __init__(self, model: LinearModel, hyper: Hyper, config: LaplaceConfig,
-                 history: list[dict], dense: exact.DenseProblem | None = None, mesh=None):
+                 history: list[dict], dense: exact.DenseProblem | None = None, mesh=None,
+                 previous_preconditioner=None):
         self.model = model
         self.hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
         self.config = config
@@ -105,6 +106,17 @@ class LinearisedLaplace:
                                       float(self.hyper.noise_variance)) if dense is not None else None
         self._linear_mean = None
         self._std = None
+        self._prep = None
+        self._previous_prep = previous_preconditioner
+
+    def _preconditioner(self):
+        """The solver set-up for the learned hyperparameters, computed once (and rescaled
+        from the EM's last one where that is exact)."""
+        if self._prep is None:
+            key = jax.random.fold_in(jax.random.key(self.config.seed), 3)
+            self._prep = sampling.preconditioner(self.model, self.hyper, key,
+                                                 self.config.solver_options, self._previous_prep)
+        return self._prep
 
     # -- hyperparameters -------------------------------------------------------------------
     @property
@@ -123,7 +135,8 @@ class LinearisedLaplace:
                 self._linear_mean = jnp.asarray(self._exact.image_mean, self.model.theta.dtype)
             else:
                 self._linear_mean = sampling.posterior_mean(
-                    self.model, self.hyper, self.config.solver_options).image
+                    self.model, self.hyper, self.config.solver_options,
+                    prep=self._preconditioner()).image
         return self._linear_mean
 
     def mean(self) -> jax.Array:
@@ -131,19 +144,27 @@ class LinearisedLaplace:
         return self.model.image if self.config.mean == "network" else self.linear_mean()
 
     def zero_mean_samples(self, key: jax.Array, n: int) -> jax.Array:
-        """n samples J w_s of the image's deviation from the mean (n, H, W)."""
+        """n samples J w_s of the image's deviation from the mean (n, H, W).
+
+        Drawn in chunks of config.samples (the EM's sample count), so every call reuses the
+        one compiled sampler whatever n is."""
         if self._exact is not None:
             vals, vecs = np.linalg.eigh(self._exact.weight_cov)  # a square root, robust to round-off
             root = vecs * np.sqrt(np.maximum(vals, 0.0))
             z = np.asarray(jax.random.normal(key, (n, len(vals))), np.float64)
             images = (z @ root.T) @ self.dense.J.T
             return jnp.asarray(images.reshape((n,) + self.model.image_shape), self.model.theta.dtype)
-        draws = sampling.posterior_samples(self.model, self.hyper, key, n,
-                                           self.config.solver_options, mesh=self.mesh)
-        if self.config.solver == "cg":
-            check_convergence(CGInfo(draws.iterations, draws.residual, draws.converged),
-                              self.config.cg_tol)
-        return draws.images
+        chunk = self.config.samples
+        parts = []
+        for i in range(-(-n // chunk)):
+            draws = sampling.posterior_samples(
+                self.model, self.hyper, jax.random.fold_in(key, i), chunk,
+                self.config.solver_options, mesh=self.mesh, prep=self._preconditioner())
+            if self.config.solver == "cg":
+                check_convergence(CGInfo(draws.iterations, draws.residual, draws.converged),
+                                  self.config.cg_tol)
+            parts.append(draws.images)
+        return jnp.concatenate(parts)[:n]
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """n posterior image samples (n, H, W), sharded over the devices along n."""
@@ -196,7 +217,10 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
         init = init._replace(
             noise_variance=jnp.asarray(config.init_noise_variance, init.noise_variance.dtype))
     dense = exact.dense_problem(model) if config.solver == "exact" else None
+    cache = {}
     hyper, history = em.run_em(model, init, k_em, cycles=config.em_cycles, samples=config.samples,
                                solver=config.solver, opts=config.solver_options,
-                               estimator=config.gamma_estimator, dense=dense, mesh=mesh)
-    return LinearisedLaplace(model, hyper, config, history, dense, mesh)
+                               estimator=config.gamma_estimator, dense=dense, mesh=mesh,
+                               cache=cache)
+    return LinearisedLaplace(model, hyper, config, history, dense, mesh,
+                             cache.get("preconditioner"))

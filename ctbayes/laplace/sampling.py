@@ -135,6 +135,25 @@ def _preparation(model, hyper, key, opts: SolverOptions):
     return None
 
 
+def preconditioner(model: LinearModel, hyper: Hyper, key: jax.Array, opts: SolverOptions,
+                   previous=None):
+    """The solver set-up for `hyper`, reusing `previous` = (prep, hyper_then) when exact.
+
+    With one prior group, P = v * P_1 is the unit-variance P scaled, so a Nystrom factor of
+    P at any variance serves every other one after rescaling its eigenvalues (and the SGD
+    bound likewise): the EM then pays for the rank-r factor once, not once per cycle.
+    """
+    hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
+    if previous is not None and previous[0] is not None and model.prior.num_groups == 1:
+        prep, then = previous
+        ratio = hyper.prior_variances[0] / then.prior_variances[0]
+        if opts.kind == "sgd":  # 1.1 (1 + lam_max / s2)
+            lam_max = (prep / 1.1 - 1.0) * then.noise_variance
+            return 1.1 * (1.0 + ratio * lam_max / hyper.noise_variance)
+        return solvers.Nystrom(prep.U, prep.lam * ratio, hyper.noise_variance)
+    return _preparation(model, hyper, key, opts)
+
+
 def _solve(model, hyper, t, e, prep, opts: SolverOptions):
     """w = t + S J^T A^T K^-1 (e - A J t) for rows (t, e).
 
@@ -192,12 +211,13 @@ def _samples(model, hyper, keys, prep, opts, mesh, return_weights):
 
 def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
                       opts: SolverOptions = SolverOptions(), *, mesh: Mesh | None = None,
-                      return_weights: bool = False) -> Samples:
+                      return_weights: bool = False, prep=None) -> Samples:
     """n zero-mean posterior samples (images J w_s), sharded over the devices of `mesh`.
 
     Add the posterior mean image to get samples of the image. The same key gives the same
     prior draws on any number of devices, and the same samples (bitwise, with a fixed
-    opts.batch_size; else to within the solver tolerance).
+    opts.batch_size; else to within the solver tolerance). prep: a `preconditioner` for
+    this hyper (None: computed here from the key).
     """
     mesh = mesh or sample_mesh()
     size = mesh.devices.size * (opts.batch_size or 1)
@@ -208,7 +228,7 @@ def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
         keys = keys[jnp.arange(padded) % n]
     keys = jax.device_put(keys, NamedSharding(mesh, P(AXIS)))
     hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
-    prep = _preparation(model, hyper, prep_key, opts)
+    prep = _preparation(model, hyper, prep_key, opts) if prep is None else prep
     out = Samples(*_samples(model, hyper, keys, prep, opts, mesh, return_weights))
     if padded != n:
         out = Samples(*(None if a is None else a[:n] for a in out))
@@ -217,8 +237,7 @@ def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
 
 # -- the posterior mean ----------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("opts",))
-def _mean(model, hyper, prep_key, opts):
-    prep = _preparation(model, hyper, prep_key, opts)
+def _mean(model, hyper, prep, opts):
     r = model.residual.reshape(1, -1)
     t = jnp.zeros((1, model.num_params), model.theta.dtype)
     w, _, iters, residual, converged = _solve(model, hyper, t, r, prep, opts)
@@ -227,11 +246,14 @@ def _mean(model, hyper, prep_key, opts):
 
 
 def posterior_mean(model: LinearModel, hyper: Hyper, opts: SolverOptions = SolverOptions(),
-                   key: jax.Array | None = None) -> Mean:
-    """The linear model's posterior mean: w_lin = S J^T A^T K^-1 r and x_lin = x0 + J w_lin."""
+                   key: jax.Array | None = None, prep=None) -> Mean:
+    """The linear model's posterior mean: w_lin = S J^T A^T K^-1 r and x_lin = x0 + J w_lin.
+    prep: a `preconditioner` for this hyper (None: computed here from the key)."""
     key = jax.random.key(0) if key is None else key
     hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
-    return Mean(*_mean(model, hyper, key, opts))
+    if prep is None:
+        prep = _preparation(model, hyper, key, opts)
+    return Mean(*_mean(model, hyper, prep, opts))
 
 
 # -- summaries -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 from ctbayes.io.atomic import atomic_path
 
 
-def _figure_module():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +20,7 @@ def _figure_module():
 
 def save_panels(path, panels: dict, suptitle: str | None = None, share_range: tuple = ()) -> Path:
     """One row of images with colour bars. `share_range` names panels drawn on one scale."""
-    plt = _figure_module()
+    plt = pyplot()
     shared = [np.asarray(panels[k]) for k in share_range if k in panels]
     vmin = min(float(p.min()) for p in shared) if shared else None
     vmax = max(float(p.max()) for p in shared) if shared else None
@@ -39,11 +39,11 @@ def save_panels(path, panels: dict, suptitle: str | None = None, share_range: tu
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path) -> Path:
-    plt = _figure_module()
+def save_figure(fig, path) -> Path:
+    plt = pyplot()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -1,0 +1,216 @@
+"""A Matern Gaussian-process image prior: the non-DIP linear-Gaussian posterior.
+
+The comparison model of Barbano et al. (2022): x ~ N(c 1, K) with a Matern covariance over
+pixel positions, y = A x + e, e ~ N(0, s2 I). The posterior is Gaussian and exact with dense
+float64 algebra (small grids: up to about 64 x 64 images and a few thousand measured rows):
+
+    M = R K R^T + s2 I,   mean = c 1 + K R^T M^-1 (y - c R 1),   cov = K - K R^T M^-1 R K,
+
+with R the measured rows of A. It answers the posterior interface, so the design loop treats
+it like any other backend; `predictive_covariance` gives the exact predictive covariance of
+each candidate view, the oracle for the sample-based acquisition scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+from scipy.spatial.distance import cdist
+
+from ctbayes.errors import InputError
+
+NUS = (0.5, 1.5, 2.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaternPrior:
+    """Matern covariance variance * k_nu(r / lengthscale) over pixel centres (r in pixels),
+    around the constant image `mean`."""
+
+    lengthscale: float
+    variance: float
+    nu: float = 1.5
+    mean: float = 0.0
+
+    def __post_init__(self):
+        if self.nu not in NUS:
+            raise InputError(f"Matern nu must be one of {NUS}, got {self.nu}.")
+        if not (self.lengthscale > 0 and self.variance > 0):
+            raise InputError("The Matern lengthscale and variance must be positive.")
+
+    def covariance(self, shape) -> np.ndarray:
+        rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        points = np.column_stack([rows.ravel(), cols.ravel()]).astype(np.float64)
+        return self.variance * matern(cdist(points, points) / self.lengthscale, self.nu)
+
+
+def matern(r, nu: float) -> np.ndarray:
+    """The Matern correlation at scaled distance r for nu in 1/2, 3/2, 5/2."""
+    if nu == 0.5:
+        return np.exp(-r)
+    if nu == 1.5:
+        s = np.sqrt(3.0) * r
+        return (1.0 + s) * np.exp(-s)
+    s = np.sqrt(5.0) * r
+    return (1.0 + s + s * s / 3.0) * np.exp(-s)
+
+
+# -- the measured system ---------------------------------------------------------------------
+def measured_system(A, y) -> tuple[np.ndarray, np.ndarray]:
+    """(R, y_R): the dense float64 rows of A that are measured, and their data.
+
+    A: a RayTransform (sparse backend: rows taken from its matrix; else A applied to the
+    pixel basis) or a `masked.MaskedRayTransform` (only the views of mask 1).
+    """
+    base, views = A, None
+    if hasattr(A, "mask"):
+        base, views = A.base, np.flatnonzero(np.asarray(A.mask) > 0)
+    det = int(np.prod(base.range_shape[1:]))
+    rows = np.arange(int(np.prod(base.range_shape)))
+    if views is not None:
+        rows = (views[:, None] * det + np.arange(det)[None, :]).ravel()
+    if getattr(base, "backend", None) == "sparse":
+        m = base.matrix
+        idx = np.asarray(m.indices)
+        csr = scipy.sparse.csr_matrix((np.asarray(m.data, np.float64), (idx[:, 0], idx[:, 1])),
+                                      shape=m.shape)
+        R = csr[rows].toarray()
+    else:
+        from ctbayes.laplace.exact import dense_operator
+
+        R = dense_operator(base)[rows]
+    return R, np.asarray(y, np.float64).reshape(-1)[rows]
+
+
+# -- the posterior ---------------------------------------------------------------------------
+class GaussianImagePosterior:
+    """An exact Gaussian posterior over images: mean (N,), covariance (N, N), image shape."""
+
+    def __init__(self, mean, cov, shape, prior: MaternPrior, noise_variance: float):
+        self._mean = np.asarray(mean, np.float64)
+        self.cov = np.asarray(cov, np.float64)
+        self.shape = tuple(shape)
+        self.prior = prior
+        self.noise_variance = float(noise_variance)
+        self._root = None
+
+    def mean(self) -> jax.Array:
+        return jnp.asarray(self._mean.reshape(self.shape), jnp.float32)
+
+    def std(self) -> jax.Array:
+        return jnp.asarray(np.sqrt(np.maximum(np.diag(self.cov), 0)).reshape(self.shape),
+                           jnp.float32)
+
+    def _cholesky(self) -> np.ndarray:
+        if self._root is None:
+            jitter = 1e-10 * max(float(np.mean(np.diag(self.cov))), 1e-300)
+            for _ in range(8):
+                try:
+                    self._root = np.linalg.cholesky(self.cov + jitter * np.eye(len(self.cov)))
+                    break
+                except np.linalg.LinAlgError:
+                    jitter *= 100
+            else:
+                raise np.linalg.LinAlgError("the posterior covariance is not positive definite")
+        return self._root
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        z = np.asarray(jax.random.normal(key, (n, len(self._mean))), np.float64)
+        draws = self._mean + z @ self._cholesky().T
+        return jnp.asarray(draws.reshape((n,) + self.shape), jnp.float32)
+
+    def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
+        if tuple(A_candidate.domain_shape) != self.shape:
+            raise InputError(f"The candidate operator acts on images of shape "
+                             f"{tuple(A_candidate.domain_shape)}, not {self.shape}.")
+        return A_candidate(self.sample(key, n))
+
+    def predictive_covariance(self, A_candidate) -> np.ndarray:
+        """Exact covariance of each view's noise-free prediction, (V, D, D)."""
+        R, _ = measured_system(A_candidate, np.zeros(A_candidate.range_shape))
+        views = A_candidate.range_shape[0]
+        blocks = R.reshape(views, -1, R.shape[1])
+        return np.einsum("vdn,nm,vem->vde", blocks, self.cov, blocks, optimize=True)
+
+    def with_data(self, A, y) -> "GaussianImagePosterior":
+        """The posterior of the same prior and noise for other measurements (more views)."""
+        return gp_posterior(A, y, self.prior, self.noise_variance)
+
+    def __repr__(self):
+        p = self.prior
+        return (f"GaussianImagePosterior(Matern nu={p.nu}, lengthscale {p.lengthscale:.3g} px, "
+                f"variance {p.variance:.3g}, noise variance {self.noise_variance:.3g})")
+
+
+def gp_posterior(A, y, prior: MaternPrior, noise_variance: float) -> GaussianImagePosterior:
+    """The exact posterior of the Matern prior given y = A x + N(0, noise_variance I)."""
+    if not noise_variance > 0:
+        raise InputError(f"The noise variance must be positive, got {noise_variance}.")
+    shape = tuple(A.domain_shape)
+    R, yr = measured_system(A, y)
+    K = prior.covariance(shape)
+    RK = R @ K
+    M = RK @ R.T
+    M[np.diag_indices_from(M)] += noise_variance
+    chol = scipy.linalg.cho_factor(M, lower=True)
+    resid = yr - prior.mean * R.sum(axis=1)
+    mean = prior.mean + RK.T @ scipy.linalg.cho_solve(chol, resid)
+    cov = K - RK.T @ scipy.linalg.cho_solve(chol, RK)
+    return GaussianImagePosterior(mean, cov, shape, prior, noise_variance)
+
+
+def fit_gp_prior(A, y, noise_variance: float | None = None, nu: float = 1.5,
+                 lengthscales=None) -> tuple[MaternPrior, float]:
+    """(prior, noise variance) maximising the marginal likelihood log N(y; c R1, M) on a grid.
+
+    The mean c is the best constant image's value. For each lengthscale (default: 1/32 to
+    1/2 of the image width) R K R^T is diagonalised once, so the variance and (if not given)
+    the noise variance are searched on fine log grids at O(m^2) each.
+    """
+    shape = tuple(A.domain_shape)
+    R, yr = measured_system(A, y)
+    ones = R.sum(axis=1)
+    c = float(ones @ yr / max(ones @ ones, 1e-300))
+    r = yr - c * ones
+    power = float(np.mean(yr ** 2)) or 1.0
+    if lengthscales is None:
+        lengthscales = shape[1] * np.array([1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2])
+    variances = max(c * c, 1e-12) * np.logspace(-2, 1, 31)
+    noises = [noise_variance] if noise_variance else power * np.logspace(-6, -1, 26)
+    best = (-np.inf, None, None)
+    for ell in lengthscales:
+        unit = MaternPrior(float(ell), 1.0, nu, c)
+        G = R @ unit.covariance(shape) @ R.T
+        lam, vecs = np.linalg.eigh(G)
+        proj = (vecs.T @ r) ** 2
+        for v in variances:
+            for s2 in noises:
+                d = v * np.maximum(lam, 0) + s2
+                ll = -0.5 * float(np.sum(proj / d) + np.sum(np.log(d)))
+                if ll > best[0]:
+                    best = (ll, MaternPrior(float(ell), float(v), nu, c), float(s2))
+    return best[1], best[2]
+
+
+def gp_factory(prior: MaternPrior | None = None, noise_variance: float | None = None,
+               nu: float = 1.5):
+    """A posterior factory (fit, A, y) -> GaussianImagePosterior for the design loop.
+
+    Hyperparameters not given are fitted by `fit_gp_prior` on the first data; the network fit
+    is not used (`needs_fit` is False)."""
+
+    def factory(fit, A, y):
+        p, s2 = prior, noise_variance
+        if p is None:
+            p, s2 = fit_gp_prior(A, y, noise_variance, nu)
+        elif s2 is None:
+            raise InputError("gp_factory: a given prior needs its noise_variance too.")
+        return gp_posterior(A, y, p, s2)
+
+    factory.needs_fit = False
+    return factory

@@ -1,0 +1,246 @@
+"""Adaptive angle selection: acquisition scores and batch conditioning against the exact
+Gaussian posterior of a Matern GP prior, the masked operator against the genuine subset,
+the baselines, the designer's propose/observe protocol, resume, the CLI and the notebook.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from ctbayes.design import acquisition, batch, command, linear_update
+from ctbayes.design.designer import AngleDesigner, DesignerConfig, laplace_factory
+from ctbayes.design.gp_prior import MaternPrior, gp_factory, gp_posterior, measured_system
+from ctbayes.design.loop import LoopConfig, read_log, run_design
+from ctbayes.design.masked import masked
+from ctbayes.dip.fit import DIPConfig
+from ctbayes.errors import InputError
+from ctbayes.io import write_scan
+from ctbayes.operators import make_ray_transform
+from ctbayes.phantoms import make_phantom
+from ctbayes.simulate import default_geometry, simulate_scan
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIOR = MaternPrior(lengthscale=4.0, variance=0.1, nu=1.5, mean=0.3)
+MEASURED = [0, 7, 15, 22]  # equidistant_views(30, 4)
+
+
+@pytest.fixture(scope="module")
+def scan():
+    geometry = default_geometry(32, views=30)
+    return simulate_scan(make_phantom("rectangles", 32, 1), geometry, noise_level=0.02, seed=0)
+
+
+@pytest.fixture(scope="module")
+def gp_problem(scan):
+    """(candidate operator, exact GP posterior after 4 equidistant views, noise variance)."""
+    candidates = make_ray_transform(scan.geometry, "sparse")
+    views = acquisition.equidistant_views(30, 4)
+    assert list(views) == MEASURED
+    s2 = float(scan.noise_std) ** 2
+    post = gp_posterior(masked(candidates, views), scan.sinogram, PRIOR, s2)
+    return candidates, post, s2
+
+
+def exact_scores(cov, s2):
+    """var, eig and diag-eig of exact per-view covariances (V, D, D)."""
+    eye = np.eye(cov.shape[-1])
+    eig = np.array([0.5 * np.linalg.slogdet(eye + c / s2)[1] for c in cov])
+    diag = np.diagonal(cov, axis1=1, axis2=2)
+    return {"var": np.trace(cov, axis1=1, axis2=2), "eig": eig,
+            "diag-eig": 0.5 * np.log1p(diag / s2).sum(-1)}
+
+
+# -- scores and conditioning against exact answers -------------------------------------------------
+def test_gp_posterior_matches_precision_form(scan, gp_problem):
+    candidates, post, s2 = gp_problem
+    R, y = measured_system(masked(candidates, acquisition.equidistant_views(30, 4)), scan.sinogram)
+    K = PRIOR.covariance((32, 32))
+    precision = np.linalg.inv(K) + R.T @ R / s2
+    cov = np.linalg.inv(precision)
+    mean = cov @ (np.linalg.solve(K, np.full(1024, PRIOR.mean)) + R.T @ y / s2)
+    np.testing.assert_allclose(post.cov, cov, atol=1e-6 * np.abs(cov).max())
+    np.testing.assert_allclose(np.asarray(post.mean()).ravel(), mean, atol=1e-4)
+
+
+def test_sample_scores_match_exact(gp_problem):
+    candidates, post, s2 = gp_problem
+    exact = exact_scores(post.predictive_covariance(candidates), s2)
+    samples = post.predictive_samples(jax.random.key(0), 4000, candidates)
+    z = acquisition.centred(samples)
+    for kind in acquisition.ACQUISITIONS:
+        estimate = acquisition.scores(kind, z, s2)
+        np.testing.assert_allclose(estimate, exact[kind], rtol=0.08, atol=0.02 * exact[kind].max())
+        assert np.argmax(estimate) == np.argmax(exact[kind]) or \
+            exact[kind][np.argmax(estimate)] > 0.98 * exact[kind].max()
+    # the measured views are the least informative
+    assert set(np.argsort(exact["eig"])[:4]) == set(acquisition.equidistant_views(30, 4))
+
+
+def test_batch_conditioning_is_the_exact_update(scan, gp_problem):
+    """Conditioning the ensemble on a view equals the exact posterior with that view measured,
+    and leaves the view's predictive variance below the noise level."""
+    candidates, post, s2 = gp_problem
+    samples = post.predictive_samples(jax.random.key(1), 4000, candidates)
+    chosen, rounds = batch.greedy_batch(samples, 2, s2, "var",
+                                        exclude=np.isin(np.arange(30), MEASURED))
+    first = int(chosen[0])
+    z = batch.condition(acquisition.centred(samples), first, s2)
+    per_pixel = np.asarray(np.sum(z[:, first] ** 2, axis=0))
+    assert per_pixel.max() < s2
+    assert rounds[1][first] == -np.inf and chosen[1] != first
+    after = gp_posterior(masked(candidates, MEASURED + [first]), scan.sinogram, PRIOR, s2)
+    exact = np.trace(after.predictive_covariance(candidates), axis1=1, axis2=2)
+    np.testing.assert_allclose(acquisition.scores("var", z, s2), exact, rtol=0.08,
+                               atol=0.02 * exact.max())
+    assert rounds[1].argmax() == chosen[1]
+
+
+def test_masked_operator_equals_subset_for_laplace(scan):
+    """The cheap update with the masked candidate operator gives the exact posterior of the
+    genuine subset operator, for the linearised Laplace model with fixed hyperparameters."""
+    from ctbayes.design.network import first_fit
+    from ctbayes.laplace import LaplaceConfig, fit_laplace
+
+    candidates = make_ray_transform(scan.geometry, "sparse")
+    views = [0, 7, 15, 22, 3]
+    sub = make_ray_transform(scan.geometry.with_angles(scan.geometry.angles_array[views]), "sparse")
+    config = DIPConfig(iterations=0, scales=2, channels=4, skip_channels=2, in_channels=2,
+                       warm_start=False)  # linearised at the initial network: no fit needed
+    fit = first_fit(sub, scan.sinogram[views], config)
+    lap = LaplaceConfig(prior="isotropic", em_cycles=1, solver="exact")
+    base = fit_laplace(fit.render, fit.params, sub, scan.sinogram[views][:, :], lap)
+    y = scan.sinogram * np.isin(np.arange(30), views)[:, None]
+    updated = linear_update.update_posterior(base, fit.params, masked(candidates, views), y)
+    np.testing.assert_allclose(np.asarray(updated.std()), np.asarray(base.std()), rtol=1e-3,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(updated.linear_mean()), np.asarray(base.linear_mean()),
+                               atol=1e-4)
+
+
+# -- baselines ---------------------------------------------------------------------------------
+def test_equidistant_spread():
+    for n, b in [(200, 5), (200, 37), (720, 40), (30, 30)]:
+        views = acquisition.equidistant_views(n, b)
+        gaps = np.diff(np.append(views, views[0] + n))
+        assert len(set(views)) == b and views[0] == 0 and gaps.max() - gaps.min() <= 1
+    angles = np.linspace(0, np.pi, 60, endpoint=False)
+    chosen = acquisition.spread_views(angles, [0], 3, np.pi)
+    assert sorted(chosen.tolist()) == [15, 30, 45]
+    with pytest.raises(InputError):
+        acquisition.equidistant_views(10, 11)
+
+
+# -- the designer ------------------------------------------------------------------------------
+def test_propose_observe_protocol(scan, gp_problem):
+    candidates, post, s2 = gp_problem
+    config = DesignerConfig(acquisition="eig", samples=2000, reconstruction="mean",
+                            backend="sparse")
+    designer = AngleDesigner(scan.geometry, config=config,
+                             posterior_factory=gp_factory(PRIOR, s2))
+    with pytest.raises(InputError):
+        designer.propose(1)
+    start = scan.geometry.angles_array[MEASURED]
+    designer.observe(start, scan.sinogram[MEASURED])
+    np.testing.assert_allclose(np.asarray(designer.posterior.mean()), np.asarray(post.mean()),
+                               atol=1e-5)
+    proposal = designer.propose(2)
+    assert len(set(proposal.tolist())) == 2 and not np.isin(proposal, start).any()
+    exact = exact_scores(post.predictive_covariance(candidates), s2)["eig"]
+    first = designer.views_of(proposal[:1])[0]
+    assert exact[first] > 0.98 * exact.max()
+    views = designer.views_of(proposal)
+    designer.observe(proposal, scan.sinogram[views])
+    np.testing.assert_allclose(designer.measured_angles, np.append(start, proposal))
+    assert float(np.asarray(designer.posterior.std()).mean()) < float(np.asarray(post.std()).mean())
+    with pytest.raises(InputError):
+        designer.observe(proposal[:1], scan.sinogram[views[:1]])  # observed twice
+    with pytest.raises(InputError):
+        designer.observe([0.123456], scan.sinogram[:1])  # not a candidate angle
+
+
+TINY_DIP = DIPConfig(iterations=0, scales=2, channels=4, skip_channels=2, in_channels=2,
+                     chunk=20, warm_start_iterations=20)
+
+
+def test_resume_reproduces_uninterrupted(scan, tmp_path):
+    """DIP + linearised Laplace (exact solver): a cheap update, a relinearisation; a run stopped
+    after its first acquisition and resumed equals the uninterrupted run exactly."""
+    from ctbayes.laplace import LaplaceConfig
+
+    factory = laplace_factory(LaplaceConfig(prior="isotropic", em_cycles=1, solver="exact"))
+    config = LoopConfig(initial=3, acquire=2, per_step=1, designer=DesignerConfig(
+        acquisition="eig", samples=8, dip=TINY_DIP, refit_iterations=20, refit_every=2,
+        backend="sparse"))
+    full = run_design(scan, config, tmp_path / "full.h5", posterior_factory=factory)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(run):
+        if len(run.num_angles) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_design(scan, config, tmp_path / "part.h5", posterior_factory=factory,
+                   callback=stop_after_first)
+    assert not read_log(tmp_path / "part.h5", "eig").complete
+    resumed = run_design(scan, config, tmp_path / "part.h5", posterior_factory=factory,
+                         resume=True)
+    assert resumed.complete and list(resumed.num_angles) == [3, 4, 5]
+    for a, b in zip(full.views, resumed.views):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(full.reconstructions, resumed.reconstructions)
+    np.testing.assert_array_equal(full.psnr, resumed.psnr)
+    assert full.psnr[-1] > full.psnr[0]
+    other = LoopConfig(initial=4, acquire=1, designer=config.designer)
+    with pytest.raises(InputError):
+        run_design(scan, other, tmp_path / "part.h5", posterior_factory=factory, resume=True)
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["design"] + argv)
+
+
+def test_cli_runs_and_rejects_bad_input(scan, tmp_path):
+    path = write_scan(scan, tmp_path / "scan.h5")
+    log = tmp_path / "log.h5"
+    common = ["-o", str(log), "--posterior", "gp", "--reconstruction", "mean", "--backend",
+              "sparse", "--initial", "3", "--acquire", "4", "--per-step", "2", "--samples", "64",
+              "--no-progress"]
+    assert command.run(parse([str(path), *common, "--strategies", "eig,equidistant",
+                              "--figures", str(tmp_path / "fig")])) == 0
+    runs = read_log(log)
+    assert set(runs) == {"eig", "equidistant"}
+    assert list(runs["equidistant"].views[-1]) == list(acquisition.equidistant_views(30, 7))
+    assert (tmp_path / "fig" / "psnr.png").exists() and (tmp_path / "fig" / "angles_eig.png").exists()
+    bad = [["--strategies", "eig,best"], ["--acquire", "40"], ["--initial", "0"],
+           ["--samples", "-1"]]
+    for extra in bad:
+        with pytest.raises(InputError):
+            command.run(parse([str(path), *common, *extra]))
+    with pytest.raises(InputError):
+        command.run(parse([str(tmp_path / "missing.h5"), *common]))
+
+
+# -- the notebook ------------------------------------------------------------------------------
+def test_notebook_runs_in_quick_mode():
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / "design_loop.ipynb", as_version=4)
+    os.environ["CTBAYES_QUICK"] = "1"
+    try:
+        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        os.environ.pop("CTBAYES_QUICK", None)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "PSNR" in text

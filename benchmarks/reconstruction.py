@@ -17,6 +17,7 @@ from common import SCANS, SHARED_DATA, parse_args, report
 
 from ctbayes.io import read_scan
 from ctbayes.reconstruct import METHODS, ReconstructConfig, reconstruct
+from ctbayes.uncertainty import UncertaintyConfig
 
 
 def htc_scans(image_size: int):
@@ -35,7 +36,8 @@ def htc_scans(image_size: int):
 
 def method_configs(quick: bool):
     for method in METHODS:
-        config = ReconstructConfig(method=method)
+        # the reconstruction alone: the uncertainty pass has its own benchmark
+        config = ReconstructConfig(method=method, uncertainty=UncertaintyConfig(method="none"))
         if quick:
             config = dataclasses.replace(
                 config, dip=dataclasses.replace(config.dip, iterations=config.dip.iterations // 4))

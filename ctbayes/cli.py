@@ -13,6 +13,9 @@ from pathlib import Path
 from ctbayes import __version__
 from ctbayes.dip.fit import DIPConfig
 from ctbayes.errors import InputError
+from ctbayes.laplace.priors import PRIOR_KINDS
+from ctbayes.uncertainty import METHODS as UNCERTAINTY
+from ctbayes.uncertainty import UncertaintyConfig
 
 
 def _int_tuple(text: str):
@@ -50,11 +53,26 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--skip-channels", type=_int_tuple, default=DIPConfig.skip_channels,
                      help="U-Net skip channels: one number or one per scale (0: no skip)")
     rec.add_argument("--scales", type=int, default=DIPConfig.scales, help="U-Net scales")
-    rec.add_argument("--seed", type=int, default=DIPConfig.seed, help="DIP seed (network, input z)")
+    rec.add_argument("--seed", type=int, default=DIPConfig.seed, help="seed of the DIP (network, input z, dropout) and of the posterior (EM, samples)")
     rec.add_argument("--checkpoint-every", type=int, default=DIPConfig.checkpoint_every,
                      help="DIP iterations between checkpoints (OUT.ckpt.npz beside the output)")
     rec.add_argument("--resume", action="store_true", help="continue an interrupted DIP fit from its checkpoint")
     rec.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rec.add_argument("--uncertainty", default=UncertaintyConfig.method, choices=UNCERTAINTY,
+                     help="per-pixel uncertainty of the DIP: linearised Laplace (default), MC "
+                          "dropout, mean-field VI, score-based VI, or none")
+    rec.add_argument("--samples", type=int, default=UncertaintyConfig.samples,
+                     help="posterior samples behind the std map and the metrics")
+    rec.add_argument("--save-samples", type=int, default=0,
+                     help="how many posterior samples to store in the result file")
+    rec.add_argument("--prior", default=UncertaintyConfig.prior, choices=PRIOR_KINDS,
+                     help="Laplace prior over the network weights")
+    rec.add_argument("--em-cycles", type=int, default=UncertaintyConfig.em_cycles,
+                     help="Laplace: EM cycles for the prior and noise variances")
+    rec.add_argument("--solver", default=UncertaintyConfig.solver, choices=["cg", "sgd", "exact"],
+                     help="Laplace sampler: preconditioned CG, SGD, or exact (small images)")
+    rec.add_argument("--dropout", type=float, default=UncertaintyConfig.dropout,
+                     help="dropout rate of the DIP-MCDO fit (--uncertainty mcdo)")
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file")
@@ -70,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--image-size", type=int, help="reconstruction grid side, same field of view")
     imp.add_argument("--row", type=int, help="detector row of a 3D Data Exchange scan (default: middle)")
     imp.add_argument("--center", type=float, help="rotation-axis detector column (default: estimated)")
+
+    from ctbayes.design.command import add_parser as add_design_parser
+
+    add_design_parser(sub)
 
     sim = sub.add_parser("simulate", help="simulate a scan of a phantom, with its ground truth")
     sim.add_argument("output", type=Path)
@@ -100,16 +122,24 @@ def _reconstruct(args):
                     **({"gamma": args.tv} if args.tv is not None and args.method == "dip" else {}))
     config = ReconstructConfig(method=args.method, backend=args.backend, projector=args.projector,
                                fbp_filter=args.filter, fbp_frequency_scaling=args.frequency_scaling,
-                               tv_weight=args.tv, tv_iterations=args.tv_iterations, dip=dip)
+                               tv_weight=args.tv, tv_iterations=args.tv_iterations, dip=dip,
+                               uncertainty=UncertaintyConfig(
+                                   method=args.uncertainty, samples=args.samples,
+                                   save_samples=args.save_samples, prior=args.prior,
+                                   em_cycles=args.em_cycles, solver=args.solver,
+                                   dropout=args.dropout, seed=args.seed)
+                               if args.method == "dip" else UncertaintyConfig(method="none"))
     checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
     result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
                          progress=not args.no_progress)
     write_result(result, output, scan_path=args.scan)
     checkpoint.unlink(missing_ok=True)  # the result is safe: the checkpoint has done its job
     if args.figures:
-        from ctbayes.figures import reconstruction_figures
+        from ctbayes.figures import reconstruction_figures, uncertainty_figures
 
         reconstruction_figures(scan, result, args.figures)
+        if result.std is not None:
+            uncertainty_figures(scan, result, args.figures)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     print(f"{result.method}: wrote {output}" + (f" ({summary})" if summary else ""))
 
@@ -159,7 +189,14 @@ def _simulate(args):
     print(f"wrote {args.output}: {geometry.describe()}")
 
 
-COMMANDS = {"reconstruct": _reconstruct, "info": _info, "import": _import, "simulate": _simulate}
+def _design(args):
+    from ctbayes.design.command import run
+
+    run(args)
+
+
+COMMANDS = {"reconstruct": _reconstruct, "info": _info, "import": _import, "simulate": _simulate,
+            "design": _design}
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
+from ctbayes.uncertainty import UncertaintyConfig, dip_config_for, image_posterior, summarise
 
 METHODS = ("dip", "fbp", "tv")
 
@@ -24,6 +25,8 @@ class ReconstructConfig:
     tv_weight: None chooses it by the discrepancy principle from the scan's noise level (or
     one estimated from the sinogram).
     dip: the deep-image-prior settings (`ctbayes.dip.fit.DIPConfig`).
+    uncertainty: the uncertainty pass after a DIP fit (`ctbayes.uncertainty`); its method
+      "none" turns it off. FBP and TV have none.
     """
 
     method: str = "dip"
@@ -34,6 +37,7 @@ class ReconstructConfig:
     tv_weight: float | None = None
     tv_iterations: int = 1000
     dip: DIPConfig = DIPConfig()
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
 
 
 def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
@@ -61,16 +65,40 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
         image, weight, noise = _tv(A, scan, config)
         settings |= {"tv_weight": weight, "tv_iterations": config.tv_iterations, "noise_std": noise}
     else:
-        fit = fit_dip(A, scan.sinogram, config.dip, ground_truth=scan.ground_truth,
+        kind = config.uncertainty.method
+        dip_config = dip_config_for(kind, config.dip, config.uncertainty)
+        fit = fit_dip(A, scan.sinogram, dip_config, ground_truth=scan.ground_truth,
                       checkpoint=checkpoint, resume=resume, progress=progress)
         image = fit.image
-        settings |= {f"dip_{k}": v for k, v in dataclasses.asdict(config.dip).items()}
+        settings |= {f"dip_{k}": v for k, v in dataclasses.asdict(dip_config).items()}
         settings["dip_kept"] = fit.kept
-        timings |= {f"dip_{k}": v for k, v in fit.timings.items()}
+        timings |= {f"dip_{k}": v for k, v in fit.timings.items() if k != "iterations_per_second"}
+        settings["dip_iterations_per_second"] = fit.timings["iterations_per_second"]
     timings["reconstruction"] = time.perf_counter() - start
-    image = np.asarray(image, np.float32)
-    return Reconstruction(mean=image, method=config.method, settings=settings, timings=timings,
-                          metrics=score(image, scan, A))
+    if config.method != "dip" or config.uncertainty.method == "none":
+        image = np.asarray(image, np.float32)
+        return Reconstruction(mean=image, method=config.method, settings=settings,
+                              timings=timings, metrics=score(image, scan, A))
+    return _with_uncertainty(fit, A, scan, config.uncertainty, settings, timings)
+
+
+def _with_uncertainty(fit, A, scan, config: UncertaintyConfig, settings, timings):
+    """The DIP reconstruction with the posterior's mean, std, samples and metrics."""
+    start = time.perf_counter()
+    posterior, hyper = image_posterior(fit, A, scan.sinogram, config)
+    timings["uncertainty_fit"] = time.perf_counter() - start
+    exact = config.method == "laplace" and config.solver == "exact"
+    summary = summarise(posterior, config, scan.ground_truth, exact_std=exact)
+    timings["uncertainty_sampling"] = summary.seconds
+    timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
+    settings |= {f"uncertainty_{k}": v for k, v in dataclasses.asdict(config).items()}
+    # the posterior's mean: the network's image for Laplace, the predictive mean of MC
+    # dropout and of the VI posteriors; the metrics and figures are all about this image
+    image = summary.mean
+    scores = score(image, scan, A) | summary.metrics
+    return Reconstruction(mean=image, method="dip", settings=settings, timings=timings,
+                          std=summary.std, samples=summary.samples if len(summary.samples) else None,
+                          metrics=scores, hyperparameters=hyper)
 
 
 def _tv(A, scan, config):

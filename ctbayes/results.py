@@ -1,7 +1,9 @@
-"""Result files: `reconstruction/mean` (+ `std`, `samples` later) with their provenance.
+"""Result files: `reconstruction/mean`, and with an uncertainty pass `reconstruction/std`
+and optional `reconstruction/samples`, with their provenance.
 
-Every result records the method, its settings, the ctbayes version, the input scan and the
-timings as attributes of `/reconstruction`, and is written atomically.
+Every result records the method, its settings, the ctbayes version, the input scan, the
+timings, the metrics and the learned hyperparameters (`hyper_*`, also on `std`) as
+attributes of `/reconstruction`, and is written atomically.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Reconstruction:
     std: np.ndarray | None = None
     samples: np.ndarray | None = None
     metrics: dict = dataclasses.field(default_factory=dict)
+    hyperparameters: dict = dataclasses.field(default_factory=dict)
 
 
 def default_output(scan_path) -> Path:
@@ -51,7 +54,9 @@ def write_result(result: Reconstruction, path, scan_path=None) -> Path:
         group = f.create_group("reconstruction")
         group.create_dataset("mean", data=np.asarray(result.mean, np.float32))
         if result.std is not None:
-            group.create_dataset("std", data=np.asarray(result.std, np.float32))
+            std = group.create_dataset("std", data=np.asarray(result.std, np.float32))
+            for key, value in result.hyperparameters.items():
+                std.attrs[key] = float(value)
         if result.samples is not None:
             group.create_dataset("samples", data=np.asarray(result.samples, np.float32),
                                  compression="gzip")
@@ -65,6 +70,8 @@ def write_result(result: Reconstruction, path, scan_path=None) -> Path:
             group.attrs[f"seconds_{key}"] = float(value)
         for key, value in result.metrics.items():
             group.attrs[f"metric_{key}"] = float(value)
+        for key, value in result.hyperparameters.items():
+            group.attrs[f"hyper_{key}"] = float(value)
     return path
 
 
@@ -81,4 +88,5 @@ def read_result(path) -> Reconstruction:
             settings=json.loads(attrs["settings"]),
             timings={k[8:]: float(v) for k, v in attrs.items() if k.startswith("seconds_")},
             metrics={k[7:]: float(v) for k, v in attrs.items() if k.startswith("metric_")},
+            hyperparameters={k[6:]: float(v) for k, v in attrs.items() if k.startswith("hyper_")},
         )

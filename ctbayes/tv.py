@@ -2,7 +2,7 @@
 
 `tv_reconstruct` solves  min_x 0.5 ||A x - y||^2 + weight * TV_iso(x)  subject to x >= 0
 with the primal-dual hybrid gradient method (Chambolle & Pock 2011), compiled as one
-`lax.scan`. With `weight="auto"` the weight follows Morozov's discrepancy principle,
+`lax.scan`. `discrepancy_weight` chooses the weight by Morozov's discrepancy principle,
 ||A x - y||^2 = m sigma^2, using the scan's noise level or one estimated from the sinogram.
 """
 

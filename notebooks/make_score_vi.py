@@ -1,4 +1,4 @@
-"""Write notebooks/score_vi.ipynb (outputs stripped): python notebooks/make_score_vi_notebook.py"""
+"""Write notebooks/score_vi.ipynb (outputs stripped): python notebooks/make_score_vi.py"""
 
 from pathlib import Path
 
@@ -40,6 +40,13 @@ cells = [
         "from IPython.display import Image\n"
         "Image(figure)"),
 ]
-notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                               "language": "python"}})
-nbformat.write(notebook, Path(__file__).with_name("score_vi.ipynb"))
+
+
+def main() -> None:
+    notebook = new_notebook(cells=cells, metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(notebook, Path(__file__).with_name("score_vi.ipynb"))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,8 @@ class VIRun:
     """The outcome of `run_method`: final state, the method, and the curve.
 
     curve: one dict per evaluation with "step", "seconds" (training wall time so far) and the
-    metrics that `evaluate` returned. compile_seconds: the one-off compilation.
+    metrics that `evaluate` returned. compile_seconds: the one-off compilation;
+    setup_seconds: preparation before the first step (set by callers that have any).
     """
 
     method: VIMethod
@@ -40,6 +41,7 @@ class VIRun:
     curve: list[dict]
     compile_seconds: float
     train_seconds: float
+    setup_seconds: float = 0.0
 
     def sample(self, key, n: int):
         return self.method.sample(self.state, key, n)

@@ -199,8 +199,26 @@ COMMANDS = {"reconstruct": _reconstruct, "info": _info, "import": _import, "simu
             "design": _design}
 
 
+def _enable_compile_cache() -> None:
+    """Keep XLA's compiled programs between runs (JAX's persistent compilation cache): on a
+    CPU, compiling the DIP step and the Laplace solvers takes longer than running them on
+    small images, and a second run on a scan of the same shape then skips it. The folder is
+    $CTBAYES_CACHE_DIR, else ~/.cache/ctbayes/xla; CTBAYES_CACHE_DIR=off turns it off."""
+    import os
+
+    folder = os.environ.get("CTBAYES_CACHE_DIR", str(Path.home() / ".cache" / "ctbayes" / "xla"))
+    if folder.lower() in ("off", "0", "none", ""):
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if argv is None:  # a real command line (tests call main with a list and keep no cache)
+        _enable_compile_cache()
     try:
         COMMANDS[args.command](args)
     except InputError as err:

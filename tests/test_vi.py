@@ -205,6 +205,7 @@ def test_breast_cancer_map_normal_lowrank():
 
 
 # -- the notebook, in quick mode -------------------------------------------------------------
+@pytest.mark.slow  # about 3 minutes: each kernel pays NumPyro's eager start-up compiles again
 def test_notebook_runs_in_quick_mode(monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import numpy as np
@@ -79,11 +80,16 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
         image = np.asarray(image, np.float32)
         return Reconstruction(mean=image, method=config.method, settings=settings,
                               timings=timings, metrics=score(image, scan, A))
-    return _with_uncertainty(fit, A, scan, config.uncertainty, settings, timings)
+    return _with_uncertainty(fit, A, scan, config.uncertainty, settings, timings, progress)
 
 
-def _with_uncertainty(fit, A, scan, config: UncertaintyConfig, settings, timings):
+def _with_uncertainty(fit, A, scan, config: UncertaintyConfig, settings, timings,
+                      progress: bool = False):
     """The DIP reconstruction with the posterior's mean, std, samples and metrics."""
+    if progress:  # the posterior has no progress bar; say what the wait is for
+        print(f"uncertainty: {config.method}, {config.samples} samples"
+              + (f", {config.em_cycles} EM cycles" if config.method == "laplace" else "")
+              + " (compiling first: minutes on a CPU)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     posterior, hyper = image_posterior(fit, A, scan.sinogram, config)
     timings["uncertainty_fit"] = time.perf_counter() - start

@@ -36,3 +36,27 @@ def require_shared(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is not present beside the checkout")
     return path
+
+
+def run_quick_notebook(name: str, timeout: int):
+    """Execute notebooks/NAME with CTBAYES_QUICK=1; return it and its code cells' text
+    outputs joined by newlines. Skips when the notebook tools are not installed."""
+    import os
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    notebook = nbformat.read(folder / name, as_version=4)
+    previous = os.environ.get("CTBAYES_QUICK")
+    os.environ["CTBAYES_QUICK"] = "1"
+    try:
+        nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(folder)}}).execute()
+    finally:
+        if previous is None:
+            os.environ.pop("CTBAYES_QUICK", None)
+        else:
+            os.environ["CTBAYES_QUICK"] = previous
+    text = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+    return notebook, text

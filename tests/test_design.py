@@ -4,7 +4,6 @@ the baselines, the designer's propose/observe protocol, resume, the CLI and the 
 """
 
 import argparse
-import os
 from pathlib import Path
 
 import jax
@@ -22,6 +21,7 @@ from ctbayes.io import write_scan
 from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
 from ctbayes.simulate import default_geometry, simulate_scan
+from tests.conftest import run_quick_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIOR = MaternPrior(lengthscale=4.0, variance=0.1, nu=1.5, mean=0.3)
@@ -231,16 +231,5 @@ def test_cli_runs_and_rejects_bad_input(scan, tmp_path):
 
 # -- the notebook ------------------------------------------------------------------------------
 def test_notebook_runs_in_quick_mode():
-    nbclient = pytest.importorskip("nbclient")
-    import nbformat
-
-    nb = nbformat.read(ROOT / "notebooks" / "design_loop.ipynb", as_version=4)
-    os.environ["CTBAYES_QUICK"] = "1"
-    try:
-        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    finally:
-        os.environ.pop("CTBAYES_QUICK", None)
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
+    _, text = run_quick_notebook("design_loop.ipynb", timeout=120)
     assert "PSNR" in text

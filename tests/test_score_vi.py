@@ -1,6 +1,5 @@
 """Score-based VI: known Gaussian posteriors, unbiased minibatch scores, the DIP posterior."""
 
-import os
 from pathlib import Path
 
 import jax
@@ -15,6 +14,7 @@ from ctbayes.score_vi.families import DiagonalGaussian, LowRankGaussian, RealNVP
 from ctbayes.score_vi.proximal import ProximalConfig, proximal_score_matching
 from ctbayes.score_vi.runner import run_method
 from ctbayes.score_vi.targets import density_target
+from tests.conftest import run_quick_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,16 +211,6 @@ def test_score_vi_dip_posterior_answers_the_posterior_interface(dip_problem):
 
 # -- the notebook -----------------------------------------------------------------------------
 def test_notebook_runs_in_quick_mode():
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("sklearn")
-    path = ROOT / "notebooks" / "score_vi.ipynb"
-    notebook = nbformat.read(path, as_version=4)
-    os.environ["CTBAYES_QUICK"] = "1"
-    try:
-        nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        os.environ.pop("CTBAYES_QUICK", None)
-    outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    _, outputs = run_quick_notebook("score_vi.ipynb", timeout=120)
     assert "score-vi" in outputs and "advi" in outputs

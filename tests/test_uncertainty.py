@@ -21,6 +21,7 @@ from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
 from ctbayes.results import read_result
 from ctbayes.simulate import default_geometry, simulate_scan
+from tests.conftest import run_quick_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DIP = dict(scales=2, channels=(8, 16), skip_channels=(0, 4), warm_start_iterations=50)
@@ -142,16 +143,8 @@ def test_laplace_is_calibrated_and_beats_mcdo_and_a_constant_std():
 
 
 @pytest.mark.slow
-def test_notebook_runs_in_quick_mode(monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    folder = ROOT / "notebooks"
-    notebook = nbformat.read(folder / "uncertainty_maps.ipynb", as_version=4)
-    monkeypatch.setenv("CTBAYES_QUICK", "1")
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(folder)}}).execute()
-    text = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []))
+def test_notebook_runs_in_quick_mode():
+    notebook, text = run_quick_notebook("uncertainty_maps.ipynb", timeout=600)
     assert "laplace  PSNR" in text and "mcdo     PSNR" in text
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells
                  if c.cell_type == "code" for o in c.get("outputs", []))

@@ -16,6 +16,7 @@ from ctbayes.vi import (MLP, TrainConfig, classification_metrics, classifier_mod
                         make_guide, make_loss, name_prior, nll, one_cycle_with_plateau, predict,
                         reliability_curve, reliability_diagram, roc_auc)
 from ctbayes.vi import datasets
+from tests.conftest import run_quick_notebook
 
 PRIOR = name_prior({"bias$": dist.Normal(0.0, 1.0), "kernel$": dist.SoftLaplace(0.0, 1.0)})
 QUIET = dict(progress=False)
@@ -206,18 +207,8 @@ def test_breast_cancer_map_normal_lowrank():
 
 # -- the notebook, in quick mode -------------------------------------------------------------
 @pytest.mark.slow  # about 3 minutes: each kernel pays NumPyro's eager start-up compiles again
-def test_notebook_runs_in_quick_mode(monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "notebooks"
-    notebook = nbformat.read(folder / "bnn_svi.ipynb", as_version=4)
-    monkeypatch.setenv("CTBAYES_QUICK", "1")
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(folder)}}).execute()
-    text = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []))
+def test_notebook_runs_in_quick_mode():
+    _, text = run_quick_notebook("bnn_svi.ipynb", timeout=300)
     mean = float(text.split("posterior mean of alpha: ")[1].split()[0])
     assert abs(mean / 3.5 - 1) < 0.05
     assert "'auc'" in text and "noise variance" in text

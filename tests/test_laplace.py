@@ -245,6 +245,11 @@ def test_cg_posterior_mean_matches_exact(p16):
     assert bool(mean.converged)
     scale = np.abs(post.image_mean).max()
     assert np.abs(np.asarray(mean.image) - post.image_mean).max() < 1e-2 * scale
+    np.testing.assert_allclose(np.asarray(mean.weights), post.weight_mean,
+                               atol=1e-2 * np.abs(post.weight_mean).max())
+    # the same row solved alongside N samples (as the EM does) gives the same mean
+    batched = sampling.posterior_samples(p16["model"], p16["hyper"], jax.random.key(3), N, OPTS)
+    assert np.abs(np.asarray(batched.mean.image) - post.image_mean).max() < 1e-2 * scale
     gap = np.linalg.norm(post.image_mean - np.asarray(p16["model"].image))
     gap /= np.linalg.norm(post.image_mean)
     print(f"linear-model mean vs network image: relative difference {gap:.2f}")
@@ -282,6 +287,8 @@ SHARDING_SCRIPT = textwrap.dedent("""
     assert len(one.images.sharding.device_set) == 1
     assert sorted(s.data.shape[0] for s in four.images.addressable_shards) == [2, 2, 2, 2]
     a, b = np.asarray(four.images), np.asarray(one.images)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+    a, b = np.asarray(four.mean.image), np.asarray(one.mean.image)  # the mean row too
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
     print("SHARDED-OK: largest difference between 4 devices and 1:", np.abs(a - b).max())
 """)

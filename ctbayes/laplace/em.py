@@ -3,7 +3,8 @@
 One cycle (the sample-based EM of Antoran et al., ICLR 2023, here with per-group priors):
 
 - E-step, at the current (v, s2): the linear model's posterior mean w_lin = S J^T A^T K^-1 r
-  and k zero-mean posterior samples w_s (pathwise conditioning, `sampling`).
+  and k zero-mean posterior samples w_s (pathwise conditioning, `sampling`),
+  solved together as one batch of k + 1 right-hand sides.
 - Effective dimension of each group, gamma_g = sum_{i in g} (1 - posterior var_i / prior
   var_i) = Tr_g(H^-1 M) with M = J^T A^T A J / s2 and H = M + S^-1. Two unbiased sample
   estimators:
@@ -127,13 +128,14 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
             previous = (prep, hyper)
             if cache is not None:
                 cache["preconditioner"] = previous
-            mean = sampling.posterior_mean(model, hyper, opts, prep=prep)
             draws = sampling.posterior_samples(model, hyper, k_samples, samples, opts, mesh=mesh,
                                                prep=prep)
+            mean = draws.mean
             if solver == "cg":
                 info = solvers.check_convergence(solvers.CGInfo(
                     *(jnp.concatenate([a, b[None]]) for a, b in
-                      zip(draws[-3:], (mean.iterations, mean.residual, mean.converged)))),
+                      zip((draws.iterations, draws.residual, draws.converged),
+                          (mean.iterations, mean.residual, mean.converged)))),
                     opts.cg_tol, f"CG (EM cycle {cycle})")
             else:
                 info = {"grad_norm_max": float(jnp.max(draws.residual))}

@@ -136,7 +136,7 @@ class LinearisedLaplace:
             else:
                 self._linear_mean = sampling.posterior_mean(
                     self.model, self.hyper, self.config.solver_options,
-                    prep=self._preconditioner()).image
+                    prep=self._preconditioner(), companions=self.config.samples).image
         return self._linear_mean
 
     def mean(self) -> jax.Array:
@@ -147,7 +147,7 @@ class LinearisedLaplace:
         """n samples J w_s of the image's deviation from the mean (n, H, W).
 
         Drawn in chunks of config.samples (the EM's sample count), so every call reuses the
-        one compiled sampler whatever n is."""
+        one compiled sampler whatever n is (it solves the linear mean x_lin too, kept)."""
         if self._exact is not None:
             vals, vecs = np.linalg.eigh(self._exact.weight_cov)  # a square root, robust to round-off
             root = vecs * np.sqrt(np.maximum(vals, 0.0))
@@ -164,6 +164,8 @@ class LinearisedLaplace:
                 check_convergence(CGInfo(draws.iterations, draws.residual, draws.converged),
                                   self.config.cg_tol)
             parts.append(draws.images)
+            if self._linear_mean is None:  # solved alongside the samples anyway
+                self._linear_mean = draws.mean.image
         return jnp.concatenate(parts)[:n]
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:

@@ -68,6 +68,7 @@ class Samples(NamedTuple):
     gamma_weights: per sample and group, ||w_g||^2 / S_g (n, G).
     iterations, residual, converged: per sample, solver iterations, final relative residual
     (CG) or relative gradient norm (SGD), and whether CG reached its tolerance.
+    mean: the posterior mean, solved in the same batch (one more row).
     """
 
     images: jax.Array
@@ -77,6 +78,7 @@ class Samples(NamedTuple):
     iterations: jax.Array
     residual: jax.Array
     converged: jax.Array
+    mean: "Mean"
 
 
 class Mean(NamedTuple):
@@ -173,46 +175,54 @@ def _solve(model, hyper, t, e, prep, opts: SolverOptions):
     return t + var * phi_t(v), e - s2 * v, info.iterations, info.residual, info.converged
 
 
-# -- samples ---------------------------------------------------------------------------------
+# -- samples and the mean, in one batch -----------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("opts", "mesh", "return_weights"))
-def _samples(model, hyper, keys, prep, opts, mesh, return_weights):
-    def solve_batch(keys, model, hyper, prep):
+def _samples(model, hyper, keys, is_mean, prep, opts, mesh, return_weights):
+    """Solve a batch of rows: a posterior sample for each key, and the posterior mean where
+    is_mean (t = 0, e = r). One compiled CG program serves both."""
+    def solve_batch(keys, is_mean, model, hyper, prep):
         var, phi, phi_t, _, jv = operators(model, hyper)
         s2 = hyper.noise_variance
         shape = tuple(model.A.range_shape)
+        r = model.residual.reshape(-1)
 
-        def draw(k):
+        def draw(k, mean_row):
             k1, k2 = jax.random.split(k)
             t = jnp.sqrt(var) * jax.random.normal(k1, var.shape, var.dtype)
             e = jnp.sqrt(s2) * jax.random.normal(k2, shape, var.dtype)
-            return t, e.reshape(-1)
+            return jnp.where(mean_row, 0.0, t), jnp.where(mean_row, r, e.reshape(-1))
 
-        t, e = jax.vmap(draw)(keys)
+        t, e = jax.vmap(draw)(keys, is_mean)
         w, phi_w, iters, residual, converged = _solve(model, hyper, t, e, prep, opts)
         gamma_f = model.prior.group_sum(w * phi_t(phi_w)) / s2
         gamma_w = model.prior.group_sum(w * w / var)
-        return (jv(w), (w if return_weights else None), gamma_f, gamma_w, iters, residual,
-                converged)
+        w_mean = jnp.sum(jnp.where(is_mean[:, None], w, 0.0), axis=0, keepdims=True)
+        return (jv(w), (w if return_weights else None), w_mean, gamma_f, gamma_w, iters,
+                residual, converged)
 
-    def local(keys, model, hyper, prep):
+    def local(keys, is_mean, model, hyper, prep):
         if opts.batch_size is None:
-            return solve_batch(keys, model, hyper, prep)
+            return solve_batch(keys, is_mean, model, hyper, prep)
         # always through lax.map, even for one batch: the same compiled loop body everywhere
-        out = jax.lax.map(lambda k: solve_batch(k, model, hyper, prep),
-                          keys.reshape((-1, opts.batch_size) + keys.shape[1:]))
-        return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+        rows = (-1, opts.batch_size)
+        out = jax.lax.map(lambda a: solve_batch(a[0], a[1], model, hyper, prep),
+                          (keys.reshape(rows + keys.shape[1:]), is_mean.reshape(rows)))
+        out = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+        return out[:2] + (jnp.sum(out[2], axis=0, keepdims=True),) + out[3:]
 
     spec = P(AXIS)
-    out_specs = (spec, spec if return_weights else None, spec, spec, spec, spec, spec)
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(spec, P(), P(), P()),
+    out_specs = (spec, spec if return_weights else None) + (spec,) * 6
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, P(), P(), P()),
                             out_specs=out_specs, check_vma=False)
-    return sharded(keys, model, hyper, prep)
+    images, w, w_mean, *rest = sharded(keys, is_mean, model, hyper, prep)
+    return (images, w, jnp.sum(w_mean, axis=0), *rest)  # w_mean: one partial sum per device
 
 
 def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
                       opts: SolverOptions = SolverOptions(), *, mesh: Mesh | None = None,
                       return_weights: bool = False, prep=None) -> Samples:
-    """n zero-mean posterior samples (images J w_s), sharded over the devices of `mesh`.
+    """n zero-mean posterior samples (images J w_s), sharded over the devices of `mesh`, and
+    the posterior mean (`Samples.mean`), solved as one more row of the same batch.
 
     Add the posterior mean image to get samples of the image. The same key gives the same
     prior draws on any number of devices, and the same samples (bitwise, with a fixed
@@ -223,37 +233,33 @@ def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
     size = mesh.devices.size * (opts.batch_size or 1)
     prep_key, sample_key = jax.random.split(key)
     keys = jax.random.split(sample_key, n)
-    padded = -(-n // size) * size
-    if padded != n:  # pad with copies; the extra samples are dropped below
-        keys = keys[jnp.arange(padded) % n]
-    keys = jax.device_put(keys, NamedSharding(mesh, P(AXIS)))
+    rows = n + 1  # the samples, then the mean
+    padded = -(-rows // size) * size
+    keys = keys[jnp.arange(padded) % n]  # the mean row and the padding reuse keys (unused)
+    is_mean = jnp.arange(padded) == n
+    sharding = NamedSharding(mesh, P(AXIS))
+    keys, is_mean = jax.device_put(keys, sharding), jax.device_put(is_mean, sharding)
     hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
     prep = _preparation(model, hyper, prep_key, opts) if prep is None else prep
-    out = Samples(*_samples(model, hyper, keys, prep, opts, mesh, return_weights))
-    if padded != n:
-        out = Samples(*(None if a is None else a[:n] for a in out))
-    return out
-
-
-# -- the posterior mean ----------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("opts",))
-def _mean(model, hyper, prep, opts):
-    r = model.residual.reshape(1, -1)
-    t = jnp.zeros((1, model.num_params), model.theta.dtype)
-    w, _, iters, residual, converged = _solve(model, hyper, t, r, prep, opts)
-    _, jv, _ = linearise(model.fn_flat, model.theta)
-    return w[0], model.offset_image + jv(w[0]), iters[0], residual[0], converged[0]
+    images, w, w_mean, gamma_f, gamma_w, iters, residual, converged = _samples(
+        model, hyper, keys, is_mean, prep, opts, mesh, return_weights)
+    mean = Mean(w_mean, model.offset_image + images[n], iters[n], residual[n], converged[n])
+    samples = (images, w, gamma_f, gamma_w, iters, residual, converged)
+    samples = [None if a is None else a[:n] for a in samples]
+    if n % mesh.devices.size == 0:  # dropping the extra rows leaves uneven shards: even them
+        samples = [None if a is None else jax.device_put(a, sharding) for a in samples]
+    return Samples(*samples, mean)
 
 
 def posterior_mean(model: LinearModel, hyper: Hyper, opts: SolverOptions = SolverOptions(),
-                   key: jax.Array | None = None, prep=None) -> Mean:
+                   key: jax.Array | None = None, prep=None, companions: int = 1) -> Mean:
     """The linear model's posterior mean: w_lin = S J^T A^T K^-1 r and x_lin = x0 + J w_lin.
-    prep: a `preconditioner` for this hyper (None: computed here from the key)."""
+
+    Solved in the batch of `posterior_samples` with `companions` samples alongside: pass the
+    sample count used elsewhere to reuse that compiled program. prep: a `preconditioner`
+    for this hyper (None: computed here from the key)."""
     key = jax.random.key(0) if key is None else key
-    hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
-    if prep is None:
-        prep = _preparation(model, hyper, key, opts)
-    return Mean(*_mean(model, hyper, prep, opts))
+    return posterior_samples(model, hyper, key, companions, opts, prep=prep).mean
 
 
 # -- summaries -------------------------------------------------------------------------------

@@ -201,6 +201,38 @@ def test_resume_reproduces_uninterrupted(scan, tmp_path):
         run_design(scan, other, tmp_path / "part.h5", posterior_factory=factory, resume=True)
 
 
+@pytest.mark.parametrize("method", ["mfvi", "score-vi"])
+def test_variational_posteriors_drive_the_designer(scan, method):
+    """The VI posteriors over the DIP weights serve as design backends: the scores are the
+    acquisition of that posterior's own predictive samples, and each observation refits it
+    on all measured views."""
+    from ctbayes.design.designer import vi_factory
+    from ctbayes.score_vi.dip import ScoreVIConfig
+    from ctbayes.vi.dip import MFVIConfig
+
+    vi = MFVIConfig(iterations=20, std_samples=8) if method == "mfvi" else \
+        ScoreVIConfig(steps=10, view_groups=1, moment_samples=8)
+    config = DesignerConfig(acquisition="var", samples=16, dip=TINY_DIP, refit_iterations=10,
+                            backend="sparse")
+    designer = AngleDesigner(scan.geometry, config=config,
+                             posterior_factory=vi_factory(method, vi, samples=8))
+    designer.observe_views(MEASURED, scan.sinogram[MEASURED])
+    first = designer.posterior
+    views = designer.propose_views(2)
+    assert len(set(views.tolist())) == 2 and not np.isin(views, MEASURED).any()
+    key = jax.random.fold_in(jax.random.key(config.seed), len(MEASURED))
+    own = first.predictive_samples(key, config.samples, designer.candidates)
+    expected = acquisition.scores("var", acquisition.centred(own), designer.noise_variance())
+    np.testing.assert_allclose(designer.last_scores[~designer.measured],
+                               expected[~designer.measured], rtol=1e-4)
+    assert int(views[0]) == int(np.argmax(np.where(designer.measured, -np.inf, expected)))
+    designer.observe_views(views, scan.sinogram[views])
+    assert designer.posterior is not first  # refitted on the six views
+    assert np.all(np.isfinite(np.asarray(designer.posterior.std())))
+    with pytest.raises(InputError):
+        vi_factory("laplace")
+
+
 # -- the CLI -----------------------------------------------------------------------------------
 def parse(argv):
     parser = argparse.ArgumentParser()

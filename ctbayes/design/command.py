@@ -22,8 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--acquisition", default="eig", help=f"one of {', '.join(STRATEGIES)}")
     p.add_argument("--strategies", help="comma-separated strategies to run one after another "
                                         "(default: --acquisition only)")
-    p.add_argument("--posterior", default="laplace", choices=["laplace", "gp"],
-                   help="linearised Laplace of the DIP, or a Matern GP image prior")
+    p.add_argument("--posterior", default="laplace", choices=["laplace", "mfvi", "score-vi", "gp"],
+                   help="linearised Laplace of the DIP (default), variational posteriors over "
+                        "the DIP weights (refitted every step: slow), or a Matern GP image prior")
     p.add_argument("--reconstruction", default="dip", choices=["dip", "mean"],
                    help="image at each step: refitted DIP, or the posterior mean")
     p.add_argument("--samples", type=int, default=32, help="predictive samples per step")
@@ -50,7 +51,7 @@ def _strategies(args) -> list[str]:
 
 def run(args) -> int:
     """Run the design for each strategy; write the log, print a summary, draw figures."""
-    from ctbayes.design.designer import DesignerConfig, laplace_factory
+    from ctbayes.design.designer import DesignerConfig, laplace_factory, vi_factory
     from ctbayes.design.figures import design_figures
     from ctbayes.design.gp_prior import gp_factory
     from ctbayes.design.loop import LoopConfig, run_design
@@ -67,7 +68,12 @@ def run(args) -> int:
     if scan.geometry.is_3d:
         raise InputError(f"{args.scan}: angle design supports 2D scans only.")
     noise = scan.noise_std ** 2 if scan.noise_std else None
-    factory = gp_factory(noise_variance=noise) if args.posterior == "gp" else laplace_factory()
+    if args.posterior == "gp":
+        factory = gp_factory(noise_variance=noise)
+    elif args.posterior == "laplace":
+        factory = laplace_factory()
+    else:
+        factory = vi_factory(args.posterior, samples=args.samples, seed=args.seed)
     runs = {}
     for strategy in strategies:
         designer = DesignerConfig(

@@ -12,8 +12,9 @@ what they measured, and keeps a reconstruction and a posterior over the image up
 - every `refit_every` acquired views the posterior is relinearised at the refitted network
   (and, with refit_hyper, rebuilt by the factory, i.e. hyperparameters refitted).
 
-Any factory (fit, A, y) -> ImagePosterior works (`ctbayes.posterior.ImagePosterior`); one
-with `needs_fit = False` (the GP prior) gets fit None. The measured operator is the candidate
+Any factory (fit, A, y) -> ImagePosterior works (`ctbayes.posterior.ImagePosterior`):
+`laplace_factory`, `vi_factory` (mean-field or score-based VI over the DIP weights) or
+`gp_prior.gp_factory`; one with `needs_fit = False` (the GP prior) gets fit None. The measured operator is the candidate
 operator with a row mask (`masked`), so nothing recompiles as views arrive.
 """
 
@@ -80,10 +81,40 @@ def laplace_factory(config=None):
     """The default posterior factory: linearised Laplace (`fit_laplace`) of the DIP fit."""
     from ctbayes.laplace import LaplaceConfig, fit_laplace
 
-    config = config or LaplaceConfig(prior="isotropic", em_cycles=3, samples=16)
+    # the CLI's solver settings (`UncertaintyConfig`): CG to 1e-2 with a rank-256 Nystrom
+    # preconditioner converges in tens of iterations where 1e-4 / rank 64 ran into the limit
+    config = config or LaplaceConfig(prior="isotropic", em_cycles=3, samples=16, cg_tol=1e-2,
+                                     precond_rank=256)
 
     def factory(fit, A, y):
         return fit_laplace(fit.render, fit.params, A, y, config)
+
+    factory.needs_fit = True
+    return factory
+
+
+VI_METHODS = ("mfvi", "score-vi")
+
+
+def vi_factory(method: str = "mfvi", config=None, *, samples: int = 32, seed: int = 0):
+    """A variational posterior over the DIP weights as the design backend: mean-field VI
+    (`ctbayes.vi.dip`, config an MFVIConfig) or score-based VI (`ctbayes.score_vi.dip`, a
+    ScoreVIConfig). Neither has a cheap linear update, so the designer refits it by VI on all
+    measured views at every step (and, as the number of views changes the shapes, compiles
+    it again): a comparison backend for small problems; Laplace is the fast one."""
+    if method not in VI_METHODS:
+        raise InputError(f"Unknown variational backend {method!r}; expected one of "
+                         f"{', '.join(VI_METHODS)}.")
+
+    def factory(fit, A, y):
+        if method == "mfvi":
+            from ctbayes.vi.dip import mfvi_posterior
+
+            return mfvi_posterior(fit, A, y, samples=samples, seed=seed, config=config)
+        from ctbayes.score_vi.dip import ScoreVIConfig, score_vi_posterior
+
+        chosen = config or ScoreVIConfig(view_groups=1, moment_samples=max(samples, 2))
+        return score_vi_posterior(fit, A, y, config=chosen, seed=seed)
 
     factory.needs_fit = True
     return factory

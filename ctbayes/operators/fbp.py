@@ -30,11 +30,50 @@ def fbp_operator(geometry: Geometry, filter: str = "Ram-Lak", frequency_scaling:
     if not 0 < frequency_scaling <= 1:
         raise InputError(f"The FBP frequency scaling must lie in (0, 1], got {frequency_scaling}.")
     impl = "astra_cuda" if cuda_available() else "astra_cpu"
-    ray = tomo.RayTransform(geometry.odl_space(), geometry.odl_geometry(), impl=impl)
-    op = tomo.fbp_op(ray, filter_type=filter, frequency_scaling=frequency_scaling)
+    odl_geometry = geometry.odl_geometry()
+    ray = tomo.RayTransform(geometry.odl_space(), odl_geometry, impl=impl)
+    if odl_geometry.motion_partition.is_uniform:
+        op = tomo.fbp_op(ray, filter_type=filter, frequency_scaling=frequency_scaling)
+    else:
+        # ODL's filter needs a uniform sinogram space, but it acts on each view alone and
+        # depends on the angles only through the arc length: take it from a uniform twin
+        # over the same arc, and back-project with the true (cell-weighted) angles
+        import odl
+
+        part = odl_geometry.motion_partition
+        twin_part = odl.uniform_partition(part.min_pt, part.max_pt, part.shape)
+        twin = tomo.RayTransform(geometry.odl_space(), _with_motion(odl_geometry, twin_part),
+                                 impl=impl)
+        filt = tomo.fbp_filter_op(twin, filter_type=filter, frequency_scaling=frequency_scaling)
+        op = ray.adjoint * _Relabel(filt.range, ray.range) * filt * _Relabel(ray.range, filt.domain)
     if _is_fan_short_scan(geometry):
         op = op * tomo.parker_weighting(ray)
     return op
+
+
+def _with_motion(odl_geometry, motion_partition):
+    """The same 2D ODL geometry with other angles."""
+    import odl.applications.tomo as tomo
+
+    if isinstance(odl_geometry, tomo.Parallel2dGeometry):
+        return tomo.Parallel2dGeometry(motion_partition, odl_geometry.det_partition)
+    return tomo.FanBeamGeometry(motion_partition, odl_geometry.det_partition,
+                                src_radius=odl_geometry.src_radius,
+                                det_radius=odl_geometry.det_radius)
+
+
+def _Relabel(domain, range_):
+    """The identity on arrays between two sinogram spaces of the same shape."""
+    import odl
+
+    class Relabel(odl.Operator):
+        def __init__(self):
+            super().__init__(domain, range_, linear=True)
+
+        def _call(self, x):
+            return range_.element(x.data)
+
+    return Relabel()
 
 
 def _is_fan_short_scan(geometry: Geometry) -> bool:
@@ -49,7 +88,15 @@ def _is_fan_short_scan(geometry: Geometry) -> bool:
 
 
 def fbp(sinogram, geometry: Geometry, filter: str = "Ram-Lak", frequency_scaling: float = 1.0):
-    """FBP reconstruction of a (views, det) sinogram, as an ASTRA-layout (rows, cols) image."""
+    """FBP reconstruction of a (views, det) sinogram, as an ASTRA-layout (rows, cols) image.
+
+    The views may come in any order and with any spacing (e.g. the angles a design loop has
+    chosen): they are sorted, and unevenly spaced views are weighted by their share of the arc.
+    """
+    order = np.argsort(geometry.angles_array, kind="stable")
+    if np.any(order != np.arange(len(order))):
+        geometry = geometry.with_angles(geometry.angles_array[order])
+        sinogram = np.asarray(sinogram)[order]
     op = fbp_operator(geometry, filter, float(frequency_scaling))
     result = op(np.ascontiguousarray(sinogram, dtype=np.float32))
     return odl_to_astra_image(np.asarray(result.data)).astype(np.float32)

@@ -16,10 +16,10 @@ scan with checkpoints and a log file), `figures` and `command` (the `ctbayes des
 """
 
 from ctbayes.design.acquisition import ACQUISITIONS, BASELINES, STRATEGIES, equidistant_views
-from ctbayes.design.designer import AngleDesigner, DesignerConfig, laplace_factory
+from ctbayes.design.designer import AngleDesigner, DesignerConfig, laplace_factory, vi_factory
 from ctbayes.design.gp_prior import MaternPrior, gp_factory, gp_posterior
 from ctbayes.design.loop import DesignRun, LoopConfig, read_log, run_design
 
 __all__ = ["ACQUISITIONS", "AngleDesigner", "BASELINES", "DesignRun", "DesignerConfig",
            "LoopConfig", "MaternPrior", "STRATEGIES", "equidistant_views", "gp_factory",
-           "gp_posterior", "laplace_factory", "read_log", "run_design"]
+           "gp_posterior", "laplace_factory", "read_log", "run_design", "vi_factory"]

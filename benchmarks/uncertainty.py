@@ -10,6 +10,7 @@ Laplace run's image. Simulated scans are scored against their ground truth; HTC2
 the publisher's full-data FBP after a least-squares scale (there is no truth).
 
     python benchmarks/uncertainty.py [--quick] [--json PATH] [--methods laplace,mcdo,...]
+        [--scans ellipses_128_fanflat,htc2022_ta,...]
 """
 
 from __future__ import annotations
@@ -45,12 +46,18 @@ def truth_for(scan, image):
 def extra(parser):
     parser.add_argument("--methods", default="laplace,mcdo",
                         help="comma-separated posteriors: laplace, mcdo, mfvi, score-vi")
+    parser.add_argument("--scans", default=None,
+                        help="comma-separated scan names (shipped file stems, or htc2022_ta); "
+                             "default: all")
 
 
 def main():
     args = parse_args(__doc__.splitlines()[0], extra)
     methods = args.methods.split(",")
-    scans = [(p.stem, read_scan(p)) for p in SCANS] + htc_scan(64 if args.quick else 128)
+    wanted = None if args.scans is None else {s.strip() for s in args.scans.split(",")}
+    scans = [(p.stem, read_scan(p)) for p in SCANS if wanted is None or p.stem in wanted]
+    if wanted is None or "htc2022_ta" in wanted:
+        scans += htc_scan(64 if args.quick else 128)
     rows = []
     for name, scan in scans:
         for method in methods:

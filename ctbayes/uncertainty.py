@@ -30,7 +30,11 @@ class UncertaintyConfig:
     method: one of METHODS. samples: posterior samples behind the std map and the metrics.
     save_samples: how many of them go into the result file (0: none).
     prior, em_cycles, solver, cg_tol, precond_rank: linearised Laplace
-      (`ctbayes.laplace.LaplaceConfig`). Four EM cycles: on 64x64 Shepp-Logan three already
+      (`ctbayes.laplace.LaplaceConfig`). The isotropic prior is the default: on the shipped
+      64x64 Shepp-Logan DIP its std was calibrated (90% interval covered 0.89 of the pixels,
+      learned noise variance within 3% of the simulated one), where the g-prior's std was
+      twice too large (coverage 0.99) and the per-layer prior's EM shrank the small groups'
+      variances towards zero (coverage 0.51). Four EM cycles: on 64x64 Shepp-Logan three already
       gave a std that beat the best constant one, one cycle did not. A relative CG residual of 1e-2 moves the std by well
       under its Monte Carlo error; with a rank-256 Nystrom preconditioner CG then needs about
       10 iterations on a 64x64 DIP, where 1e-4 with rank 64 ran into the 500-iteration limit.
@@ -42,7 +46,7 @@ class UncertaintyConfig:
     method: str = "laplace"
     samples: int = 128
     save_samples: int = 0
-    prior: str = "g-prior"
+    prior: str = "isotropic"
     em_cycles: int = 4
     solver: str = "cg"
     dropout: float = 0.05

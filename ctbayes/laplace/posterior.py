@@ -47,7 +47,7 @@ class LaplaceConfig:
     seed: used when fit_laplace gets no key.
     """
 
-    prior: str = "g-prior"
+    prior: str = "isotropic"
     prior_mean: str = "zero"
     mean: str = "network"
     em_cycles: int = 6

@@ -9,7 +9,7 @@ CELLS = [
     new_markdown_cell(
         "# Per-pixel uncertainty maps: linearised Laplace against MC dropout\n\n"
         "A DIP reconstruction of the shipped simulated Shepp-Logan scan and of HTC2022 `ta` "
-        "reduced to 60 views over 360 degrees, each with the linearised-Laplace std (g-prior, "
+        "reduced to 60 views over 360 degrees, each with the linearised-Laplace std (isotropic prior, "
         "hyperparameters by sample-based EM) and, on the simulated scan, the DIP-MCDO baseline. "
         "Where is the std large, does it follow the error, and are its intervals calibrated? "
         "HTC2022 has no ground truth: its error is taken against the publisher's full-data FBP "

@@ -32,9 +32,10 @@ MEANS = ("network", "linear")
 class LaplaceConfig:
     """Settings of `fit_laplace`.
 
-    prior: "g-prior", "isotropic" or "per-layer" (`priors`); group_depth: per-layer groups
-      by the first k path entries instead of the owning module; gprior_probes: Rademacher
-      probes for the g-prior scale (None: exact, small problems).
+    prior: "isotropic" (default: the calibrated one on a DIP, see `UncertaintyConfig`),
+      "per-layer" or "g-prior" (`priors`); group_depth: per-layer groups by the first k path
+      entries instead of the owning module; gprior_probes: Rademacher probes for the g-prior
+      scale (None: exact, small problems).
     prior_mean: "zero" (affine model, default) or "mode" (residual model), see `LinearModel`.
     mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
     em_cycles, samples: EM cycles and posterior samples per E-step; std_samples: samples

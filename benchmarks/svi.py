@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 
 import jax
-import numpy as np
 import numpyro.distributions as dist
 import optax
 from flax import nnx

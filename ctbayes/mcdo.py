@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from ctbayes.errors import InputError
+from ctbayes.posterior import sample_moments
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "batch"))
@@ -31,6 +31,8 @@ class MCDropoutPosterior:
     fit: a `DIPResult` of a fit with dropout > 0. moment_samples: passes behind mean() and
     std(). batch: passes evaluated together (bounds memory).
     """
+
+    mean_is_sample_average = True  # mean() is the MC average (`ctbayes.posterior`)
 
     def __init__(self, fit, moment_samples: int = 128, seed: int = 0, batch: int = 16):
         if fit.config.dropout <= 0:
@@ -51,7 +53,7 @@ class MCDropoutPosterior:
     def _compute_moments(self):
         if self._moments is None:
             samples = self.sample(jax.random.key(self.seed), self.moment_samples)
-            self._moments = (jnp.mean(samples, 0), jnp.std(samples, 0, ddof=1))
+            self._moments = sample_moments(samples)
         return self._moments
 
     def mean(self) -> jax.Array:

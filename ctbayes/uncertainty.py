@@ -131,11 +131,15 @@ class UncertaintySummary:
 def summarise(posterior, config: UncertaintyConfig, ground_truth=None,
               exact_std: bool = False) -> UncertaintySummary:
     """Draw config.samples samples once; std is their per-pixel std (or the posterior's
-    exact std when `exact_std`). With a ground truth, adds the uncertainty metrics."""
+    exact std when `exact_std`), and for Monte Carlo posteriors the mean is their average.
+    With a ground truth, adds the uncertainty metrics."""
     start = time.perf_counter()
     key = jax.random.fold_in(jax.random.key(config.seed), 11)
     samples = np.asarray(posterior.sample(key, config.samples), np.float32)
-    mean = np.asarray(posterior.mean(), np.float32)
+    if getattr(posterior, "mean_is_sample_average", False):  # no second set of draws
+        mean = samples.mean(0)
+    else:
+        mean = np.asarray(posterior.mean(), np.float32)
     std = np.asarray(posterior.std() if exact_std else samples.std(0, ddof=1), np.float32)
     scores = uncertainty_metrics(ground_truth, mean, std, samples) \
         if ground_truth is not None else {}

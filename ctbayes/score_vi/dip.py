@@ -33,6 +33,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from ctbayes.errors import InputError
+from ctbayes.posterior import sample_moments
 from ctbayes.score_vi.families import DiagonalGaussian
 from ctbayes.score_vi.proximal import ProximalConfig, proximal_score_matching
 from ctbayes.score_vi.runner import run_method
@@ -138,6 +139,8 @@ class ScoreVIImagePosterior:
     """Images f_theta(z) for theta ~ q: the score-VI posterior of a DIP behind the posterior
     interface. `run` is the VI run (curve, timings); `params` the family's parameters."""
 
+    mean_is_sample_average = True  # mean() is the MC average (`ctbayes.posterior`)
+
     def __init__(self, render, family, params, to_theta, config: ScoreVIConfig, seed: int, run=None):
         self._render, self.family, self.params = render, family, params
         self._to_theta, self.config, self.run = to_theta, config, run
@@ -159,7 +162,7 @@ class ScoreVIImagePosterior:
     def _moments_now(self):
         if self._moments is None:
             images = self.sample(jax.random.key(self._seed + 7919), self.config.moment_samples)
-            self._moments = (jnp.mean(images, 0), jnp.std(images, 0, ddof=1))
+            self._moments = sample_moments(images)
         return self._moments
 
     def mean(self) -> jax.Array:

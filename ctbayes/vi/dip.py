@@ -32,6 +32,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ctbayes.errors import InputError
+from ctbayes.posterior import sample_moments
 
 PRIOR_MEANS = ("fit", "zero")
 INITS = ("gauss-newton", "small")
@@ -199,7 +200,7 @@ class MeanFieldPosterior:
     def std(self) -> jax.Array:
         if self._std is None:
             samples = self.sample(jax.random.key(self.config.seed + 1), self.config.std_samples)
-            self._std = jnp.std(samples, axis=0)
+            self._std = sample_moments(samples)[1]
         return self._std
 
     def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:

@@ -3,7 +3,6 @@ that memory stays bounded by (sample_chunk x data_chunk) network evaluations at 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax

@@ -14,8 +14,9 @@ what they measured, and keeps a reconstruction and a posterior over the image up
 
 Any factory (fit, A, y) -> ImagePosterior works (`ctbayes.posterior.ImagePosterior`):
 `laplace_factory`, `vi_factory` (mean-field or score-based VI over the DIP weights) or
-`gp_prior.gp_factory`; one with `needs_fit = False` (the GP prior) gets fit None. The measured operator is the candidate
-operator with a row mask (`masked`), so nothing recompiles as views arrive.
+`gp_prior.gp_factory`; one with `needs_fit = False` (the GP prior) gets fit None. The
+measured operator is the candidate operator with a row mask (`masked`), so nothing
+recompiles as views arrive.
 """
 
 from __future__ import annotations

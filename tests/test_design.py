@@ -66,6 +66,24 @@ def test_gp_posterior_matches_precision_form(scan, gp_problem):
     np.testing.assert_allclose(np.asarray(post.mean()).ravel(), mean, atol=1e-4)
 
 
+def test_gp_with_data_updates_by_the_new_views_only(scan, gp_problem):
+    """Growing the measured set updates the last posterior by the new rows: the same mean
+    and covariance as conditioning on all rows afresh; other data start afresh."""
+    candidates, post, s2 = gp_problem
+    first = post.with_data(masked(candidates, MEASURED + [3]), scan.sinogram)
+    grown = post.with_data(masked(candidates, MEASURED + [3, 11, 19]), scan.sinogram)
+    assert post._latest is grown and grown.source is candidates and len(grown.rows) == 7 * 46
+    fresh = gp_posterior(masked(candidates, MEASURED + [3, 11, 19]), scan.sinogram, PRIOR, s2)
+    np.testing.assert_allclose(grown.cov, fresh.cov, atol=1e-9 * np.abs(fresh.cov).max())
+    np.testing.assert_allclose(grown._mean, fresh._mean, atol=1e-8)
+    assert not np.allclose(first.cov, fresh.cov)
+    changed = np.array(scan.sinogram, copy=True)
+    changed[3] += 1.0  # a view already conditioned on now says something else
+    again = post.with_data(masked(candidates, MEASURED + [3, 11, 19]), changed)
+    expected = gp_posterior(masked(candidates, MEASURED + [3, 11, 19]), changed, PRIOR, s2)
+    np.testing.assert_allclose(again._mean, expected._mean, atol=1e-8)
+
+
 def test_sample_scores_match_exact(gp_problem):
     candidates, post, s2 = gp_problem
     exact = exact_scores(post.predictive_covariance(candidates), s2)

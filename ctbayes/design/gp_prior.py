@@ -9,6 +9,10 @@ float64 algebra (small grids: up to about 64 x 64 images and a few thousand meas
 with R the measured rows of A. It answers the posterior interface, so the design loop treats
 it like any other backend; `predictive_covariance` gives the exact predictive covariance of
 each candidate view, the oracle for the sample-based acquisition scores.
+
+In the design loop the measured set only grows, so `with_data` updates the last posterior it
+gave by the new views' rows alone (the exact sequential Bayesian update, O(N^2 k) for k new
+rows) instead of solving with all measured rows again (O(N^2 m)).
 """
 
 from __future__ import annotations
@@ -61,12 +65,9 @@ def matern(r, nu: float) -> np.ndarray:
 
 
 # -- the measured system ---------------------------------------------------------------------
-def measured_system(A, y) -> tuple[np.ndarray, np.ndarray]:
-    """(R, y_R): the dense float64 rows of A that are measured, and their data.
-
-    A: a RayTransform (sparse backend: rows taken from its matrix; else A applied to the
-    pixel basis) or a `masked.MaskedRayTransform` (only the views of mask 1).
-    """
+def measured_rows(A) -> tuple[object, np.ndarray]:
+    """(base, rows): the full ray transform behind A and the indices of A's measured rows in
+    its flattened range (all of them, or the views of mask 1 for a `MaskedRayTransform`)."""
     base, views = A, None
     if hasattr(A, "mask"):
         base, views = A.base, np.flatnonzero(np.asarray(A.mask) > 0)
@@ -74,30 +75,44 @@ def measured_system(A, y) -> tuple[np.ndarray, np.ndarray]:
     rows = np.arange(int(np.prod(base.range_shape)))
     if views is not None:
         rows = (views[:, None] * det + np.arange(det)[None, :]).ravel()
+    return base, rows
+
+
+def dense_rows(base, rows) -> np.ndarray:
+    """Rows of the ray transform `base` as a dense float64 matrix (len(rows), pixels): from
+    its sparse matrix on the sparse backend, else by applying it to the pixel basis."""
     if getattr(base, "backend", None) == "sparse":
         m = base.matrix
         idx = np.asarray(m.indices)
         csr = scipy.sparse.csr_matrix((np.asarray(m.data, np.float64), (idx[:, 0], idx[:, 1])),
                                       shape=m.shape)
-        R = csr[rows].toarray()
-    else:
-        from ctbayes.laplace.exact import dense_operator
+        return csr[rows].toarray()
+    from ctbayes.laplace.exact import dense_operator
 
-        R = dense_operator(base)[rows]
-    return R, np.asarray(y, np.float64).reshape(-1)[rows]
+    return dense_operator(base)[rows]
+
+
+def measured_system(A, y) -> tuple[np.ndarray, np.ndarray]:
+    """(R, y_R): the dense float64 rows of A that are measured, and their data."""
+    base, rows = measured_rows(A)
+    return dense_rows(base, rows), np.asarray(y, np.float64).reshape(-1)[rows]
 
 
 # -- the posterior ---------------------------------------------------------------------------
 class GaussianImagePosterior:
     """An exact Gaussian posterior over images: mean (N,), covariance (N, N), image shape."""
 
-    def __init__(self, mean, cov, shape, prior: MaternPrior, noise_variance: float):
+    def __init__(self, mean, cov, shape, prior: MaternPrior, noise_variance: float,
+                 source=None, rows=None, data=None):
         self._mean = np.asarray(mean, np.float64)
         self.cov = np.asarray(cov, np.float64)
         self.shape = tuple(shape)
         self.prior = prior
         self.noise_variance = float(noise_variance)
         self._root = None
+        # what it conditions on: rows of the ray transform `source` and their data
+        self.source, self.rows, self.data = source, rows, data
+        self._latest = None  # the last posterior `with_data` made: the start of the next
 
     def mean(self) -> jax.Array:
         return jnp.asarray(self._mean.reshape(self.shape), jnp.float32)
@@ -138,8 +153,44 @@ class GaussianImagePosterior:
         return np.einsum("vdn,nm,vem->vde", blocks, self.cov, blocks, optimize=True)
 
     def with_data(self, A, y) -> "GaussianImagePosterior":
-        """The posterior of the same prior and noise for other measurements (more views)."""
-        return gp_posterior(A, y, self.prior, self.noise_variance)
+        """The posterior of the same prior and noise for other measurements y = A x.
+
+        When they extend those of the last posterior this one gave (same ray transform, the
+        same rows with the same data, plus new rows), that posterior is updated by the new
+        rows only; otherwise it is computed afresh from all of them."""
+        base, rows = measured_rows(A)
+        values = np.asarray(y, np.float64).reshape(-1)
+        last = self._latest
+        new = None
+        if last is not None and last.source is base and np.isin(last.rows, rows).all() \
+                and np.array_equal(values[last.rows], last.data):
+            new = rows[~np.isin(rows, last.rows)]
+        if new is None:
+            post = gp_posterior(A, y, self.prior, self.noise_variance)
+        else:
+            post = last.conditioned(base, new, values[new])
+        self._latest = post
+        return post
+
+    def conditioned(self, source, rows, data) -> "GaussianImagePosterior":
+        """This posterior given more measurements: `data` of the rows `rows` of `source`.
+
+        mean' = mean + C B^T S^-1 (d - B mean),  C' = C - C B^T S^-1 B C,  S = B C B^T + s2 I.
+        """
+        if len(rows) == 0:
+            return self
+        B = dense_rows(source, rows)
+        CB = self.cov @ B.T
+        S = B @ CB
+        S[np.diag_indices_from(S)] += self.noise_variance
+        chol = scipy.linalg.cho_factor(S, lower=True)
+        mean = self._mean + CB @ scipy.linalg.cho_solve(chol, data - B @ self._mean)
+        cov = self.cov - CB @ scipy.linalg.cho_solve(chol, CB.T)
+        cov = 0.5 * (cov + cov.T)
+        all_rows = rows if self.rows is None else np.concatenate([self.rows, rows])
+        all_data = data if self.data is None else np.concatenate([self.data, data])
+        return GaussianImagePosterior(mean, cov, self.shape, self.prior, self.noise_variance,
+                                      source, all_rows, all_data)
 
     def __repr__(self):
         p = self.prior
@@ -152,7 +203,9 @@ def gp_posterior(A, y, prior: MaternPrior, noise_variance: float) -> GaussianIma
     if not noise_variance > 0:
         raise InputError(f"The noise variance must be positive, got {noise_variance}.")
     shape = tuple(A.domain_shape)
-    R, yr = measured_system(A, y)
+    base, rows = measured_rows(A)
+    R = dense_rows(base, rows)
+    yr = np.asarray(y, np.float64).reshape(-1)[rows]
     K = prior.covariance(shape)
     RK = R @ K
     M = RK @ R.T
@@ -161,7 +214,7 @@ def gp_posterior(A, y, prior: MaternPrior, noise_variance: float) -> GaussianIma
     resid = yr - prior.mean * R.sum(axis=1)
     mean = prior.mean + RK.T @ scipy.linalg.cho_solve(chol, resid)
     cov = K - RK.T @ scipy.linalg.cho_solve(chol, RK)
-    return GaussianImagePosterior(mean, cov, shape, prior, noise_variance)
+    return GaussianImagePosterior(mean, cov, shape, prior, noise_variance, base, rows, yr)
 
 
 def fit_gp_prior(A, y, noise_variance: float | None = None, nu: float = 1.5,

@@ -198,6 +198,22 @@ def test_cg_nystrom_fewer_iterations_and_matches_dense_solve(p16):
     assert results[64] < 0.5 * results[0]
 
 
+def test_nystrom_in_blocks_equals_all_at_once_and_full_rank_is_exact(p16):
+    """The memory-bounded set-up (products with P in blocks, padded) gives the same factor;
+    at full rank the approximation is P itself."""
+    P = np.tensordot(p16["v"], p16["dense"].grams, 1)
+    P32 = jnp.asarray(P, jnp.float32)
+    m = len(P)
+    rank = m - 3  # not a multiple of the block: the last block is padded
+    whole = solvers.nystrom(lambda u: u @ P32, m, rank, jax.random.key(0), 1.0)
+    parts = solvers.nystrom(lambda u: u @ P32, m, rank, jax.random.key(0), 1.0, block=7)
+    np.testing.assert_allclose(np.asarray(parts.lam), np.asarray(whole.lam), rtol=1e-4,
+                               atol=1e-5 * float(whole.lam[0]))
+    full = solvers.nystrom(lambda u: u @ P32, m, m, jax.random.key(1), 1.0, block=7)
+    approx = np.asarray(full.matvec(jnp.eye(m, dtype=jnp.float32)), np.float64)
+    np.testing.assert_allclose(approx, P, atol=1e-3 * np.abs(P).max())
+
+
 # -- 4. sampled std against the exact std (32x32, CG path) ---------------------------------------
 def test_sampled_std_matches_exact_std_32x32():
     fn, params, A, y = fitted_problem(32, 20, 4, steps=0)
@@ -237,6 +253,21 @@ def test_sample_based_em_matches_oracle(p16):
     assert v == pytest.approx(p16["v"][0], rel=0.10)
     assert s2 == pytest.approx(p16["s2"], rel=0.10)
     assert history[-1]["not_converged"] == 0
+    assert history[0]["start_noise_variance"] == pytest.approx(float(p16["init"].noise_variance))
+
+
+def test_em_starts_where_float32_cg_is_well_conditioned(p16):
+    """A start far below the noise (lam_max / s2 = 1e12) is raised to lam_max / 1e5 for the
+    first E-step, lam_max being the exact top eigenvalue of P; the EM still finds the oracle."""
+    start = p16["init"]._replace(noise_variance=jnp.asarray(1e-12, jnp.float32))
+    hyper, history = em.run_em(p16["model"], start, jax.random.key(1), cycles=5, samples=N,
+                               solver="cg", opts=OPTS)
+    v0 = np.asarray(start.prior_variances, np.float64)
+    lam_max = np.linalg.eigvalsh(np.tensordot(v0, p16["dense"].grams, 1))[-1]
+    assert history[0]["start_noise_variance"] == pytest.approx(lam_max / em.START_CONDITION,
+                                                               rel=0.05)
+    assert all(h["not_converged"] == 0 for h in history)
+    assert float(hyper.noise_variance) == pytest.approx(p16["s2"], rel=0.10)
 
 
 def test_cg_posterior_mean_matches_exact(p16):

@@ -82,8 +82,9 @@ def laplace_factory(config=None):
     """The default posterior factory: linearised Laplace (`fit_laplace`) of the DIP fit."""
     from ctbayes.laplace import LaplaceConfig, fit_laplace
 
-    # the CLI's solver settings (`UncertaintyConfig`): CG to 1e-2 with a rank-256 Nystrom
-    # preconditioner converges in tens of iterations where 1e-4 / rank 64 ran into the limit
+    # CG to 1e-2 as in the CLI (`UncertaintyConfig`; 1e-4 with rank 64 ran into the iteration
+    # limit), but a rank-256 Nystrom preconditioner instead of 1024: it is rebuilt at every
+    # step (the measured rows change) for only 32 samples, so its products dominate
     config = config or LaplaceConfig(prior="isotropic", em_cycles=3, samples=16, cg_tol=1e-2,
                                      precond_rank=256)
 

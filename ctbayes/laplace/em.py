@@ -23,6 +23,12 @@ One cycle (the sample-based EM of Antoran et al., ICLR 2023, here with per-group
 A fixed point of these updates is a stationary point of the exact evidence, which is what the
 tests compare against (`exact.maximise_marginal_likelihood`). Each cycle uses a fresh key.
 With solver "exact" the E-step is the dense posterior and gamma is exact.
+
+The start: the network's residual can put s2 far below the top eigenvalue of P = A J S J^T A^T
+(on HTC2022 `ta` at 128x128, lam_max / s2 = 3e7), where float32 products with K are no longer
+positive definite and CG diverges. With CG the first E-step therefore uses s2 of at least
+lam_max / START_CONDITION (lam_max from the Nystrom factor, no extra products); the M-steps
+then move s2 freely (the learned s2 there gave lam_max / s2 of about 1e7, and CG converged).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from ctbayes.laplace.linearise import LinearModel
 from ctbayes.laplace.sampling import Hyper, SolverOptions
 
 ESTIMATORS = ("auto", "features", "weights")
+START_CONDITION = 1e5  # largest lam_max(P) / s2 of the first E-step (CG in float32)
 
 
 def initial_hyper(model: LinearModel) -> Hyper:
@@ -87,6 +94,15 @@ def mackay_update(prior, w_lin, gamma, data_fit: float, m: int):
     return Hyper(jnp.asarray(v, w_lin.dtype), jnp.asarray(s2, w_lin.dtype)), gamma, norms
 
 
+def _well_conditioned_start(hyper: Hyper, prep: "solvers.Nystrom"):
+    """(hyper, prep) with s2 raised to lam_max / START_CONDITION where it is below."""
+    floor = prep.lam[0] / START_CONDITION
+    if not bool(hyper.noise_variance < floor):
+        return hyper, prep
+    s2 = jnp.asarray(floor, hyper.noise_variance.dtype)
+    return hyper._replace(noise_variance=s2), prep._replace(shift=s2)
+
+
 def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
            samples: int = 64, solver: str = "cg", opts: SolverOptions | None = None,
            estimator: str = "auto", dense: "exact.DenseProblem | None" = None,
@@ -125,6 +141,9 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
             data_fit = float(np.sum((dense.residual - dense.Phi @ post.weight_mean) ** 2))
         else:
             prep = sampling.preconditioner(model, hyper, k_mean, opts, previous)
+            if cycle == 0 and isinstance(prep, solvers.Nystrom):
+                hyper, prep = _well_conditioned_start(hyper, prep)
+                info["start_noise_variance"] = float(hyper.noise_variance)
             previous = (prep, hyper)
             if cache is not None:
                 cache["preconditioner"] = previous
@@ -132,13 +151,13 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
                                                prep=prep)
             mean = draws.mean
             if solver == "cg":
-                info = solvers.check_convergence(solvers.CGInfo(
+                info |= solvers.check_convergence(solvers.CGInfo(
                     *(jnp.concatenate([a, b[None]]) for a, b in
                       zip((draws.iterations, draws.residual, draws.converged),
                           (mean.iterations, mean.residual, mean.converged)))),
                     opts.cg_tol, f"CG (EM cycle {cycle})")
             else:
-                info = {"grad_norm_max": float(jnp.max(draws.residual))}
+                info["grad_norm_max"] = float(jnp.max(draws.residual))
             gamma, stderr = estimate_gamma(draws.gamma_features, draws.gamma_weights,
                                            model.prior.sizes(), estimator)
             info["gamma_stderr"] = stderr.tolist()

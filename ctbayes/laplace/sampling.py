@@ -32,6 +32,7 @@ from ctbayes.laplace import solvers
 from ctbayes.laplace.linearise import LinearModel, linearise
 
 AXIS = "samples"
+PRECONDITIONER_BLOCK = 64  # products with P per step of the Nystrom set-up (memory bound)
 
 
 class Hyper(NamedTuple):
@@ -133,7 +134,8 @@ def _preparation(model, hyper, key, opts: SolverOptions):
     if opts.kind == "sgd":
         return 1.1 * (1.0 + solvers.power_max_eig(apply_p, m, key) / s2)
     if opts.precond_rank > 0:
-        return solvers.nystrom(apply_p, m, min(opts.precond_rank, m), key, s2, model.theta.dtype)
+        return solvers.nystrom(apply_p, m, min(opts.precond_rank, m), key, s2, model.theta.dtype,
+                               block=PRECONDITIONER_BLOCK)
     return None
 
 

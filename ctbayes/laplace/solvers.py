@@ -114,15 +114,18 @@ class Nystrom(NamedTuple):
         return ((v @ self.U) * self.lam) @ self.U.T
 
 
-def nystrom(apply_p: Callable, m: int, rank: int, key: jax.Array, shift, dtype=jnp.float32) -> Nystrom:
+def nystrom(apply_p: Callable, m: int, rank: int, key: jax.Array, shift, dtype=jnp.float32,
+            block: int | None = None) -> Nystrom:
     """Randomised Nystrom approximation of the PSD P (m x m) from `rank` products apply_p.
 
     apply_p: (n, m) -> (n, m). The stabilised algorithm of Frangella, Tropp & Udell (2023):
     orthonormal Gaussian test matrix, a small shift nu for round-off, Cholesky, then SVD.
+    block: apply P to at most this many test vectors at once (bounds the memory of a
+    network Jacobian's products; None: all at once).
     """
     omega = jax.random.normal(key, (m, rank), dtype)
     omega, _ = jnp.linalg.qr(omega)
-    y = apply_p(omega.T).T  # (m, r)
+    y = blocked(apply_p, omega.T, block).T  # (m, r)
     nu = np.sqrt(m) * jnp.finfo(dtype).eps * jnp.linalg.norm(y)
     y = y + nu * omega
     core = omega.T @ y
@@ -133,6 +136,17 @@ def nystrom(apply_p: Callable, m: int, rank: int, key: jax.Array, shift, dtype=j
     lam = jnp.maximum(sig ** 2 - nu, 0.0)
     bad = ~jnp.all(jnp.isfinite(lam))  # Cholesky failed: fall back to no preconditioning
     return Nystrom(jnp.where(bad, 0.0, u), jnp.where(bad, 0.0, lam), jnp.asarray(shift, dtype))
+
+
+def blocked(apply: Callable, rows: jax.Array, block: int | None) -> jax.Array:
+    """apply(rows) computed `block` rows at a time (one compiled loop body; zero padding)."""
+    n = rows.shape[0]
+    if block is None or n <= block:
+        return apply(rows)
+    count = -(-n // block)
+    padded = jnp.pad(rows, ((0, count * block - n), (0, 0)))
+    out = jax.lax.map(apply, padded.reshape(count, block, -1))
+    return out.reshape(count * block, -1)[:n]
 
 
 def power_max_eig(apply: Callable, m: int, key: jax.Array, iterations: int = 30, dtype=jnp.float32):

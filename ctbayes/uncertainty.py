@@ -30,18 +30,20 @@ class UncertaintyConfig:
     method: one of METHODS. samples: posterior samples behind the std map and the metrics.
     save_samples: how many of them go into the result file (0: none).
     prior, em_cycles, solver, cg_tol, precond_rank: linearised Laplace
-      (`ctbayes.laplace.LaplaceConfig`). The isotropic prior is the default: on the shipped
-      64x64 Shepp-Logan DIP its std was calibrated (90% interval covered 0.89 of the pixels,
-      learned noise variance within 3% of the simulated one, under an earlier jax; 0.84 and 9%
-      low on today's fit, README *Benchmarks*), where the g-prior's std was
-      twice too large (coverage 0.99) and the per-layer prior's EM shrank the small groups'
+      (`ctbayes.laplace.LaplaceConfig`). The Matern-1/2 filter prior is the default (one
+      variance; the taps of each 3x3 filter correlated, lengthscale fitted to the filters):
+      on the shipped 64x64 Shepp-Logan DIP its 90% interval covered 0.86 of the pixels and
+      the learned noise variance was within 2% of the simulated one, where the isotropic
+      prior gave 0.83 and 9% low; on the rectangles and ellipses scans the two agree (LL
+      within 0.04, coverage within 0.01; README *Benchmarks*). The g-prior's std was twice
+      too large (coverage 0.99) and the per-layer prior's EM shrank the small groups'
       variances towards zero (coverage 0.51). Four EM cycles: on 64x64 Shepp-Logan three already
       gave a std that beat the best constant one, one cycle did not. A relative CG residual
       of 1e-2 moves the std by well under its Monte Carlo error. The Nystrom preconditioner's
       rank (capped at the number of data) should exceed the effective dimension gamma of the
       fit: on the 128x128 ellipses DIP (gamma about 750 of 11640 data) CG needed 18 / 10 / 5
       iterations per batch with rank 256 / 512 / 1024, and rank 1024 made the uncertainty pass
-      cheapest (its 1024 products with P are paid once: the isotropic prior rescales them).
+      cheapest (its 1024 products with P are paid once: one-variance priors rescale them).
       The EM draws 16 samples per E-step (and the std is drawn in batches of 16, reusing that
       compiled sampler): on that scan 16 and 32 gave the same hyperparameters (noise variance
       0.371 either way), std, log-likelihood and coverage, and 16 cost 40% less.
@@ -53,7 +55,7 @@ class UncertaintyConfig:
     method: str = "laplace"
     samples: int = 128
     save_samples: int = 0
-    prior: str = "isotropic"
+    prior: str = "matern"
     em_cycles: int = 4
     solver: str = "cg"
     dropout: float = 0.05

@@ -126,8 +126,6 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="coverage_90 is 0.83-0.84 on this scan with jax 0.10.2 "
-                   "(0.89 under an earlier jax): the noise variance is learned 9% low")
 def test_laplace_is_calibrated_and_beats_mcdo_and_a_constant_std():
     """The issue's must-show on the shipped 64x64 Shepp-Logan scan (about 8 minutes): the
     90% interval covers 85-95% of the pixels, and the Laplace log-likelihood beats DIP-MCDO

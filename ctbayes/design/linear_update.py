@@ -24,11 +24,11 @@ def relinearised(posterior: LinearisedLaplace, params, A, y) -> LinearisedLaplac
     """The posterior's linear model rebuilt at network parameters `params` for data y = A x,
     with its prior groups, prior-mean convention and hyperparameters."""
     base = posterior.model
-    theta, _ = ravel_pytree(params)
+    theta, _ = ravel_pytree(posterior.coordinates(params))
     model = linear_model(base.fn_flat, theta, A, y, base.prior, base.prior_mean)
     dense = exact.dense_problem(model) if posterior.config.solver == "exact" else None
     return LinearisedLaplace(model, posterior.hyper, posterior.config, posterior.history, dense,
-                             posterior.mesh)
+                             posterior.mesh, coordinates=posterior.coordinates)
 
 
 def update_posterior(base, params, A, y):

@@ -12,6 +12,7 @@ differ noticeably from f(theta*) (the prior shrinks the weights towards mu), so 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctbayes.errors import InputError
-from ctbayes.laplace import em, exact, priors, sampling
+from ctbayes.laplace import em, exact, matern, priors, sampling
 from ctbayes.laplace.linearise import PRIOR_MEANS, LinearModel, linear_model
 from ctbayes.laplace.sampling import Hyper, SolverOptions
 from ctbayes.laplace.solvers import CGInfo, check_convergence
@@ -33,9 +34,11 @@ class LaplaceConfig:
     """Settings of `fit_laplace`.
 
     prior: "isotropic" (default: the calibrated one on a DIP, see `UncertaintyConfig`),
-      "per-layer" or "g-prior" (`priors`); group_depth: per-layer groups by the first k path
-      entries instead of the owning module; gprior_probes: Rademacher probes for the g-prior
-      scale (None: exact, small problems).
+      "per-layer", "g-prior" (`priors`) or "matern" (isotropic, with the Matern-1/2
+      correlation over the taps of conv filters, `matern`); group_depth: per-layer groups
+      by the first k path entries instead of the owning module; gprior_probes: Rademacher
+      probes for the g-prior scale (None: exact, small problems); matern_lengthscale: the
+      Matern prior's lengthscale in filter taps (None: fitted per kernel to its filters).
     prior_mean: "zero" (affine model, default) or "mode" (residual model), see `LinearModel`.
     mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
     em_cycles, samples: EM cycles and posterior samples per E-step; std_samples: samples
@@ -62,6 +65,7 @@ class LaplaceConfig:
     sample_batch: int | None = None
     gprior_probes: int | None = 64
     group_depth: int | None = None
+    matern_lengthscale: float | None = None
     gamma_estimator: str = "auto"
     init_prior_variance: float | None = None
     init_noise_variance: float | None = None
@@ -79,6 +83,8 @@ class LaplaceConfig:
                 raise InputError(f"LaplaceConfig.{name} must be at least 1.")
         if self.em_cycles < 0 or self.precond_rank < 0 or self.cg_tol <= 0:
             raise InputError("LaplaceConfig: em_cycles and precond_rank must be >= 0, cg_tol > 0.")
+        if self.matern_lengthscale is not None and not self.matern_lengthscale > 0:
+            raise InputError("LaplaceConfig.matern_lengthscale must be positive.")
 
     @property
     def solver_options(self) -> SolverOptions:
@@ -92,12 +98,15 @@ class LinearisedLaplace:
 
     mean(), sample(key, n), std(), predictive_samples(key, n, A_candidate); the learned
     hyperparameters as `prior_variances` (per group) and `noise_variance`; `history` (EM).
+    coordinates: network parameters -> the coordinates the model is linearised in (the
+    identity, or the Matern prior's white coordinates).
     """
 
     def __init__(self, model: LinearModel, hyper: Hyper, config: LaplaceConfig,
                  history: list[dict], dense: exact.DenseProblem | None = None, mesh=None,
-                 previous_preconditioner=None):
+                 previous_preconditioner=None, coordinates=None):
         self.model = model
+        self.coordinates = coordinates or (lambda params: params)
         self.hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
         self.config = config
         self.history = history
@@ -208,6 +217,10 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     """
     key = jax.random.key(config.seed) if key is None else key
     k_prior, k_em = jax.random.split(key)
+    coordinates = None
+    if config.prior == "matern":  # linearise in the white coordinates of the filter prior
+        fn, params, scales = matern.reparameterise(fn, params, config.matern_lengthscale)
+        coordinates = functools.partial(matern.whiten, scales=scales)
     group_by = priors.by_owner if config.group_depth is None else priors.by_prefix(config.group_depth)
     prior = priors.make_prior(config.prior, params, model_fn=fn, A=A, key=k_prior,
                               probes=config.gprior_probes, group_by=group_by)
@@ -226,4 +239,4 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
                                estimator=config.gamma_estimator, dense=dense, mesh=mesh,
                                cache=cache)
     return LinearisedLaplace(model, hyper, config, history, dense, mesh,
-                             cache.get("preconditioner"))
+                             cache.get("preconditioner"), coordinates)

@@ -19,7 +19,12 @@ fixed per-parameter factor c_i. Three kinds:
   estimated with Rademacher probes z (E[(J^T A^T z)_i^2] = diag_i, Hutchinson's diagonal
   estimator); `probes=None` computes it exactly, one observation at a time (small problems).
 
-The Matern-1/2 prior over 3x3 filter pixels (bayes_dip's "GPprior") is not implemented.
+- "matern": one group, c_i = 1, over the white coordinates of the Matern-1/2 prior on the
+  taps of conv filters (`matern`): the caller (`fit_laplace`) linearises the network in
+  those coordinates, where the prior is diagonal. One shared variance, as for "isotropic":
+  with one variance per layer the EM on the shipped 64x64 Shepp-Logan U-Net spread the
+  variances over 1e-9 to 0.3, CG stopped converging and the noise variance went to 13.7
+  (simulated: 0.076).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from jax.flatten_util import ravel_pytree
 
 from ctbayes.errors import InputError
 
-PRIOR_KINDS = ("isotropic", "per-layer", "g-prior")
+PRIOR_KINDS = ("isotropic", "per-layer", "g-prior", "matern")
 _WRAPPERS = ("value", "raw_value")  # flax Variable containers, not part of a parameter's name
 
 
@@ -165,7 +170,8 @@ def make_prior(kind: str, params, *, model_fn: Callable | None = None, A=None,
                group_by: Callable = by_owner) -> PriorGroups:
     """The prior groups of a parameter pytree.
 
-    kind: "isotropic", "per-layer" (grouped by `group_by`) or "g-prior". The g-prior needs
+    kind: "isotropic", "per-layer" (grouped by `group_by`), "matern" (one group, over white
+    coordinates, see `matern`) or "g-prior". The g-prior needs
     model_fn (fn(params) -> image), the ray transform A, a key and the probe count.
     """
     from ctbayes.laplace.linearise import flatten
@@ -179,7 +185,7 @@ def make_prior(kind: str, params, *, model_fn: Callable | None = None, A=None,
         names, index = parameter_groups(params, group_by)
         return PriorGroups(kind, names, jnp.asarray(index), ones)
     index = jnp.zeros(d, jnp.int32)
-    if kind == "isotropic":
+    if kind in ("isotropic", "matern"):
         return PriorGroups(kind, ("all",), index, ones)
     if model_fn is None or A is None:
         raise InputError("The g-prior needs the network function and the ray transform.")

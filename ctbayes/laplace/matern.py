@@ -1,18 +1,19 @@
 """The Matern-1/2 prior over the pixels of convolution filters (bayes_dip's filter GP prior).
 
 Every k x k filter of a conv kernel (one per input/output channel pair, k > 1) gets the prior
-N(0, v_g K_g) over its k^2 taps, with K_ij = exp(-|p_i - p_j| / l_g) the Matern-1/2
+N(0, v K) over its k^2 taps, with K_ij = exp(-|p_i - p_j| / l) the Matern-1/2
 (exponential) correlation of the tap positions p (distances in taps): neighbouring taps
 are correlated, which favours smooth filters. All other parameters (biases, 1x1 kernels,
 norms) keep independent priors. One variance v for all, learned by the EM as for the
-isotropic prior (`priors` says why not one per layer). The lengthscale l_g of each kernel is set before the EM, by maximising the
-likelihood of the fitted filters under N(0, v K(l)) over the grid LENGTHSCALES (v in closed
-form): the fitted network says how smooth its own filters are. Or one fixed lengthscale.
+isotropic prior (`priors` says why not one per layer). The lengthscale l of each kernel
+is set before the EM, by maximising the likelihood of its fitted filters under N(0, v K(l))
+over the grid LENGTHSCALES (v in closed form): the fitted network says how smooth its own
+filters are. Or one fixed lengthscale for all.
 
 It is implemented as a change of coordinates, so that no solver needs a non-diagonal prior:
 with K = L L^T (Cholesky), `correlate` maps u to theta by applying L to every filter's taps,
 and the network is linearised in u, fn_u(u) = fn(correlate(u)), J_u = J L, with
-u ~ N(0, v_g I) per group. The image posterior is exactly that of the correlated prior on
+u ~ N(0, v I). The image posterior is exactly that of the correlated prior on
 theta; the M-step norm ||u||^2 is theta^T K^-1 theta; sampling, CG, EM and the exact path
 are those of the isotropic prior.
 """

@@ -33,7 +33,7 @@ MEANS = ("network", "linear")
 class LaplaceConfig:
     """Settings of `fit_laplace`.
 
-    prior: "isotropic" (default: the calibrated one on a DIP, see `UncertaintyConfig`),
+    prior: "isotropic" (default here; the CLI's is "matern", see `UncertaintyConfig`),
       "per-layer", "g-prior" (`priors`) or "matern" (isotropic, with the Matern-1/2
       correlation over the taps of conv filters, `matern`); group_depth: per-layer groups
       by the first k path entries instead of the owning module; gprior_probes: Rademacher

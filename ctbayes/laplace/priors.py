@@ -1,7 +1,7 @@
 """Diagonal Gaussian priors over the flattened network parameters, in groups.
 
 The prior covariance is S = diag(v_{g(i)} c_i): one learned variance v_g per group g, times a
-fixed per-parameter factor c_i. Three kinds:
+fixed per-parameter factor c_i. Four kinds:
 
 - "isotropic": one group, c_i = 1.
 - "per-layer": one group per module that owns parameters, c_i = 1. The grouping rule is

@@ -39,10 +39,11 @@ def is_filter_kernel(leaf) -> bool:
 
 def correlation(k: int, lengthscale: float) -> np.ndarray:
     """K (k^2, k^2): exp(-distance / lengthscale) between the taps of a k x k filter, in
-    the row-major order of a (k, k, ...) kernel reshaped to (k^2, ...)."""
-    rows, cols = np.divmod(np.arange(k * k), k)
-    dist = np.hypot(rows[:, None] - rows[None, :], cols[:, None] - cols[None, :])
-    return np.exp(-dist / float(lengthscale))
+    the row-major order of a (k, k, ...) kernel reshaped to (k^2, ...): the design's Matern
+    image prior (nu 1/2, unit variance) on a k x k grid."""
+    from ctbayes.design.gp_prior import MaternPrior  # imported here: design imports laplace
+
+    return MaternPrior(float(lengthscale), 1.0, nu=0.5).covariance((k, k))
 
 
 def fit_lengthscale(kernel, grid=LENGTHSCALES) -> float:

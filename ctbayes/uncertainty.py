@@ -47,6 +47,8 @@ class UncertaintyConfig:
       The EM draws 16 samples per E-step (and the std is drawn in batches of 16, reusing that
       compiled sampler): on that scan 16 and 32 gave the same hyperparameters (noise variance
       0.371 either way), std, log-likelihood and coverage, and 16 cost 40% less.
+    precision: of the linearised model ("auto": float64 where float32 CG cannot be trusted,
+      as on HTC2022 `ta` at 128x128; see `ctbayes.laplace.fit_laplace`).
     dropout: the dropout rate of the DIP-MCDO fit (the rate of Laves et al. 2020 is 0.1 on
       much larger networks; 0.05 kept the MCDO fit within about 1 dB of the plain DIP here).
     seed: seeds the hyperparameter EM and the samples.
@@ -62,6 +64,7 @@ class UncertaintyConfig:
     seed: int = 0
     cg_tol: float = 1e-2
     precond_rank: int = 1024
+    precision: str = "auto"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -102,7 +105,8 @@ def image_posterior(fit, A, y, config: UncertaintyConfig):
         laplace_config = LaplaceConfig(prior=config.prior, em_cycles=config.em_cycles,
                                        solver=config.solver, samples=min(16, config.samples),
                                        std_samples=config.samples, seed=config.seed,
-                                       cg_tol=config.cg_tol, precond_rank=config.precond_rank)
+                                       cg_tol=config.cg_tol, precond_rank=config.precond_rank,
+                                       precision=config.precision)
         posterior = fit_laplace(fn, params, A, y, laplace_config)
         hyper = {f"prior_variance_{k}": v for k, v in posterior.prior_variances.items()}
         hyper["noise_variance"] = posterior.noise_variance

@@ -5,6 +5,7 @@ Tiny flax.nnx conv nets (about 750 and 230 parameters) fitted to 16x16 and 32x32
 phantoms through the real (sparse ASTRA) ray transform of `small_geometry`.
 """
 
+import dataclasses
 import functools
 import os
 import subprocess
@@ -434,3 +435,31 @@ def test_matern_prior_exact_posterior_matches_correlated_gaussian_conditioning(p
     x_lin = x0 + cxr @ np.linalg.solve(crr, resid)
     np.testing.assert_allclose(np.asarray(post.linear_mean()).ravel(), x_lin,
                                atol=2e-3 * np.abs(x_lin).max())
+
+
+def test_float64_where_float32_cg_cannot_be_trusted(p16):
+    """At lam_max / s2 = 1e7 (as on HTC2022 `ta` at 128x128) precision "auto" computes the
+    linearised model in float64; its CG samples then give the exact posterior std (dense, in
+    float64, at the same hyperparameters) and it returns float32 like the float32 path. (This
+    problem is too small for float32 to fail; on HTC2022 it did: 500 CG iterations, no
+    convergence, against 6 in float64.) At lam_max / s2 = 1e3 "auto" stays in float32."""
+    model = linearise.linear_model(p16["fn"], p16["params"], p16["A"], p16["y"],
+                                   priors.make_prior("isotropic", p16["params"]), "zero")
+    v0 = float(em.initial_hyper(model).prior_variances[0])
+    lam_max = np.linalg.eigvalsh(v0 * exact.dense_problem(model).grams[0])[-1]
+    s2 = float(lam_max / 1e7)
+    config = LaplaceConfig(prior="isotropic", em_cycles=0, samples=N, std_samples=2 * N,
+                           cg_tol=1e-4, cg_max_iter=500, precond_rank=64, precision="auto",
+                           init_prior_variance=v0, init_noise_variance=s2)
+    post = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], config)
+    assert post.model.theta.dtype == jnp.float64 and post.output_dtype == jnp.float32
+    std = post.std()
+    assert std.dtype == jnp.float32
+    with jax.enable_x64(True):
+        truth = exact.posterior(exact.dense_problem(post.model), np.array([v0]), s2).std
+    rel = np.median(np.abs(np.asarray(std, np.float64) / truth - 1))
+    print(f"float64 CG at lam_max/s2 = 1e7: median relative std error {rel:.3f}")
+    assert rel < 0.10
+    well = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], dataclasses.replace(
+        config, init_noise_variance=float(lam_max / 1e3)))
+    assert well.output_dtype is None and well.model.theta.dtype == jnp.float32

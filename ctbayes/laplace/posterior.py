@@ -27,6 +27,7 @@ from ctbayes.laplace.solvers import CGInfo, check_convergence
 
 SOLVERS = ("cg", "sgd", "exact")
 MEANS = ("network", "linear")
+PRECISIONS = ("float32", "float64", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,9 @@ class LaplaceConfig:
       sample_batch: samples solved together per device (None: all; bounds memory, and makes
       samples bitwise independent of the device count).
     init_prior_variance, init_noise_variance: EM start (None: data-driven, `em.initial_hyper`).
+    precision: the arithmetic of the linearised model's products and solvers, "float32",
+      "float64" or "auto": float64 where lam_max(P) / s2 at the EM start exceeds
+      `FLOAT32_CONDITION` (see `fit_laplace`). Results are returned in the input's dtype.
     seed: used when fit_laplace gets no key.
     """
 
@@ -69,11 +73,13 @@ class LaplaceConfig:
     gamma_estimator: str = "auto"
     init_prior_variance: float | None = None
     init_noise_variance: float | None = None
+    precision: str = "float32"
     seed: int = 0
 
     def __post_init__(self):
         choices = {"prior": priors.PRIOR_KINDS, "prior_mean": PRIOR_MEANS, "mean": MEANS,
-                   "solver": SOLVERS, "gamma_estimator": em.ESTIMATORS}
+                   "solver": SOLVERS, "gamma_estimator": em.ESTIMATORS,
+                   "precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"LaplaceConfig.{name} is {getattr(self, name)!r}; expected one "
@@ -93,18 +99,32 @@ class LaplaceConfig:
                              self.sample_batch)
 
 
+def _in_model_precision(method):
+    """Run a LinearisedLaplace method in its model's precision (float64 needs x64 on) and
+    return its array in the caller's dtype."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        if self.output_dtype is None:
+            return method(self, *args, **kwargs)
+        with jax.enable_x64(True):
+            return method(self, *args, **kwargs).astype(self.output_dtype)
+    return wrapped
+
+
 class LinearisedLaplace:
     """The linearised-Laplace posterior over the image (see `fit_laplace`).
 
     mean(), sample(key, n), std(), predictive_samples(key, n, A_candidate); the learned
     hyperparameters as `prior_variances` (per group) and `noise_variance`; `history` (EM).
     coordinates: network parameters -> the coordinates the model is linearised in (the
-    identity, or the Matern prior's white coordinates).
+    identity, or the Matern prior's white coordinates). output_dtype: where the model
+    computes in float64 (`LaplaceConfig.precision`), the dtype the methods return.
     """
 
     def __init__(self, model: LinearModel, hyper: Hyper, config: LaplaceConfig,
                  history: list[dict], dense: exact.DenseProblem | None = None, mesh=None,
-                 previous_preconditioner=None, coordinates=None):
+                 previous_preconditioner=None, coordinates=None, output_dtype=None):
+        self.output_dtype = output_dtype
         self.model = model
         self.coordinates = coordinates or (lambda params: params)
         self.hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
@@ -138,6 +158,7 @@ class LinearisedLaplace:
         return float(self.hyper.noise_variance)
 
     # -- moments -----------------------------------------------------------------------------
+    @_in_model_precision
     def linear_mean(self) -> jax.Array:
         """The linear model's posterior mean image x_lin (H, W)."""
         if self._linear_mean is None:
@@ -149,10 +170,12 @@ class LinearisedLaplace:
                     prep=self._preconditioner(), companions=self.config.samples).image
         return self._linear_mean
 
+    @_in_model_precision
     def mean(self) -> jax.Array:
         """The centre of the posterior samples (H, W): f(theta*) or x_lin (config.mean)."""
         return self.model.image if self.config.mean == "network" else self.linear_mean()
 
+    @_in_model_precision
     def zero_mean_samples(self, key: jax.Array, n: int) -> jax.Array:
         """n samples J w_s of the image's deviation from the mean (n, H, W).
 
@@ -178,10 +201,12 @@ class LinearisedLaplace:
                 self._linear_mean = draws.mean.image
         return jnp.concatenate(parts)[:n]
 
+    @_in_model_precision
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """n posterior image samples (n, H, W), sharded over the devices along n."""
         return self.mean()[None] + self.zero_mean_samples(key, n)
 
+    @_in_model_precision
     def std(self) -> jax.Array:
         """Per-pixel posterior std (H, W): exact with solver "exact", else from
         config.std_samples samples (computed once, key from config.seed)."""
@@ -193,6 +218,7 @@ class LinearisedLaplace:
                 self._std = sampling.pixel_std(self.zero_mean_samples(key, self.config.std_samples))
         return self._std
 
+    @_in_model_precision
     def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
         """n samples of the noise-free measurements A_c x at another operator on the same grid."""
         if tuple(A_candidate.domain_shape) != self.model.image_shape:
@@ -206,6 +232,9 @@ class LinearisedLaplace:
                 f"noise variance {self.noise_variance:.3g}; solver {self.config.solver})")
 
 
+FLOAT32_CONDITION = em.START_CONDITION  # lam_max(P) / s2 beyond which "auto" takes float64
+
+
 def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfig(),
                 key: jax.Array | None = None, *, mesh=None) -> LinearisedLaplace:
     """Linearise fn(params) -> (H, W) at params, learn the prior and noise variances by
@@ -214,15 +243,44 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     fn: any function of a parameter pytree giving the image, e.g. for a flax.nnx network
     `lambda p: nnx.merge(graphdef, p)(z)`. A: a RayTransform (or any linear JAX operator with
     domain_shape, range_shape and .T). mesh: the device mesh for sampling (default: all devices).
+
+    Precision: a product with P = A J S J^T A^T in float32 is off by about
+    eps32 * lam_max(P), so once lam_max / s2 passes about tol / eps32 (1e5 for a CG tolerance
+    of 1e-2) the small eigenvalues of K = P + s2 I drown in round-off: on HTC2022 `ta` at
+    128x128 (lam_max / s2 = 6e6) float32 CG ran 500 iterations without converging, and its
+    Nystrom factor had lost half of its spectrum, where float64 converged in 6. With
+    precision "auto" the condition is measured at the EM start (30 power iterations) and
+    the linearised model is rebuilt in float64 (parameters, data and A) when it exceeds
+    FLOAT32_CONDITION; float64 products cost about twice as much on a CPU.
     """
     key = jax.random.key(config.seed) if key is None else key
-    k_prior, k_em = jax.random.split(key)
+    float64 = config.precision == "float64"
+    if config.precision == "auto" and config.solver != "exact":
+        float64 = _condition_at_start(fn, params, A, y, config) > FLOAT32_CONDITION
+    if not float64:
+        return _fit(fn, params, A, y, config, key, mesh)
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+        return _fit(fn, params64, A.astype(np.float64), np.asarray(y, np.float64), config, key,
+                    mesh, output_dtype=jnp.result_type(*jax.tree.leaves(params)))
+
+
+def _condition_at_start(fn, params, A, y, config: LaplaceConfig) -> float:
+    """lam_max(P) / s2 at the EM's data-driven start, in float32 (power iteration)."""
+    model, init, _ = _model_and_start(fn, params, A, y, config, jax.random.key(config.seed))
+    opts = dataclasses.replace(config.solver_options, kind="sgd")  # its set-up: 1.1 (1 + lam/s2)
+    bound = sampling.preconditioner(model, init, jax.random.key(1), opts)
+    return float(bound) / 1.1 - 1.0
+
+
+def _model_and_start(fn, params, A, y, config: LaplaceConfig, key):
+    """(LinearModel, EM start, coordinates map) of fn linearised at params."""
     coordinates = None
     if config.prior == "matern":  # linearise in the white coordinates of the filter prior
         fn, params, scales = matern.reparameterise(fn, params, config.matern_lengthscale)
         coordinates = functools.partial(matern.whiten, scales=scales)
     group_by = priors.by_owner if config.group_depth is None else priors.by_prefix(config.group_depth)
-    prior = priors.make_prior(config.prior, params, model_fn=fn, A=A, key=k_prior,
+    prior = priors.make_prior(config.prior, params, model_fn=fn, A=A, key=key,
                               probes=config.gprior_probes, group_by=group_by)
     model = linear_model(fn, params, A, y, prior, config.prior_mean)
     init = em.initial_hyper(model)
@@ -232,6 +290,12 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     if config.init_noise_variance is not None:
         init = init._replace(
             noise_variance=jnp.asarray(config.init_noise_variance, init.noise_variance.dtype))
+    return model, init, coordinates
+
+
+def _fit(fn, params, A, y, config: LaplaceConfig, key, mesh, output_dtype=None):
+    k_prior, k_em = jax.random.split(key)
+    model, init, coordinates = _model_and_start(fn, params, A, y, config, k_prior)
     dense = exact.dense_problem(model) if config.solver == "exact" else None
     cache = {}
     hyper, history = em.run_em(model, init, k_em, cycles=config.em_cycles, samples=config.samples,
@@ -239,4 +303,4 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
                                estimator=config.gamma_estimator, dense=dense, mesh=mesh,
                                cache=cache)
     return LinearisedLaplace(model, hyper, config, history, dense, mesh,
-                             cache.get("preconditioner"), coordinates)
+                             cache.get("preconditioner"), coordinates, output_dtype)

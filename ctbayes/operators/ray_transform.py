@@ -24,19 +24,33 @@ SPARSE_MAX_NNZ = 4e7  # about 0.5 GB of matrix; beyond this the callback backend
 class RayTransform:
     """A linear ray transform for one geometry. Build it with `make_ray_transform`."""
 
-    def __init__(self, geometry: Geometry, backend: str, projector: str, matrix=None):
+    def __init__(self, geometry: Geometry, backend: str, projector: str, matrix=None,
+                 dtype=np.float32):
         self.geometry = geometry
         self.backend = backend
         self.projector = projector
         self.matrix = matrix
+        self.dtype = np.dtype(dtype)
+
+    def astype(self, dtype) -> "RayTransform":
+        """The same transform computing in `dtype` (float64 needs `jax.enable_x64`). The
+        sparse matrix is cast; ASTRA's callback stays float32 inside, its results are cast."""
+        matrix = self.matrix
+        if matrix is not None:
+            from jax.experimental import sparse
+
+            matrix = sparse.BCOO((jnp.asarray(matrix.data, dtype), matrix.indices),
+                                 shape=matrix.shape)
+        return RayTransform(self.geometry, self.backend, self.projector, matrix, dtype)
 
     # -- pytree -------------------------------------------------------------------------
     def tree_flatten(self):
-        return (self.matrix,), (self.geometry, self.backend, self.projector)
+        return (self.matrix,), (self.geometry, self.backend, self.projector, self.dtype)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(*aux, matrix=children[0])
+        geometry, backend, projector, dtype = aux
+        return cls(geometry, backend, projector, matrix=children[0], dtype=dtype)
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -55,17 +69,17 @@ class RayTransform:
         """A x for an image or a batch of images (..., *domain_shape)."""
         if self.backend == "sparse":
             return self._sparse_apply(self.matrix, x, self.domain_shape, self.range_shape)
-        return astra_backend.forward(x, self.geometry, self.projector)
+        return astra_backend.forward(x, self.geometry, self.projector).astype(self.dtype)
 
     def T(self, y):  # noqa: N802 - the conventional name for the transpose
         """A^T y for a sinogram or a batch of sinograms (..., *range_shape)."""
         if self.backend == "sparse":
             return self._sparse_apply(self.matrix.T, y, self.range_shape, self.domain_shape)
-        return astra_backend.backward(y, self.geometry, self.projector)
+        return astra_backend.backward(y, self.geometry, self.projector).astype(self.dtype)
 
     @staticmethod
     def _sparse_apply(matrix, x, in_shape, out_shape):
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, matrix.dtype)
         batch = x.shape[: x.ndim - len(in_shape)]
         if not batch:  # a mat-vec is cheaper than a one-column mat-mat
             return (matrix @ x.reshape(-1)).reshape(out_shape)

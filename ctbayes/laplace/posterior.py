@@ -232,7 +232,10 @@ class LinearisedLaplace:
                 f"noise variance {self.noise_variance:.3g}; solver {self.config.solver})")
 
 
-FLOAT32_CONDITION = em.START_CONDITION  # lam_max(P) / s2 beyond which "auto" takes float64
+# lam_max(P) / s2 at the EM start beyond which "auto" takes float64: float32 was reliable on
+# the rectangles scan at 3.4e5 (the same LL and coverage as float64, in a quarter of the time)
+# and failed on HTC2022 `ta` at 3e7
+FLOAT32_CONDITION = 3e6
 
 
 def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfig(),
@@ -245,8 +248,8 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     domain_shape, range_shape and .T). mesh: the device mesh for sampling (default: all devices).
 
     Precision: a product with P = A J S J^T A^T in float32 is off by about
-    eps32 * lam_max(P), so once lam_max / s2 passes about tol / eps32 (1e5 for a CG tolerance
-    of 1e-2) the small eigenvalues of K = P + s2 I drown in round-off: on HTC2022 `ta` at
+    eps32 * lam_max(P), so once lam_max / s2 is large enough the small eigenvalues of
+    K = P + s2 I drown in round-off: on HTC2022 `ta` at
     128x128 (lam_max / s2 = 6e6) float32 CG ran 500 iterations without converging, and its
     Nystrom factor had lost half of its spectrum, where float64 converged in 6. With
     precision "auto" the condition is measured at the EM start (30 power iterations) and

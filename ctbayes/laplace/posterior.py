@@ -201,7 +201,6 @@ class LinearisedLaplace:
                 self._linear_mean = draws.mean.image
         return jnp.concatenate(parts)[:n]
 
-    @_in_model_precision
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """n posterior image samples (n, H, W), sharded over the devices along n."""
         return self.mean()[None] + self.zero_mean_samples(key, n)
@@ -218,7 +217,6 @@ class LinearisedLaplace:
                 self._std = sampling.pixel_std(self.zero_mean_samples(key, self.config.std_samples))
         return self._std
 
-    @_in_model_precision
     def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
         """n samples of the noise-free measurements A_c x at another operator on the same grid."""
         if tuple(A_candidate.domain_shape) != self.model.image_shape:
@@ -257,23 +255,23 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     FLOAT32_CONDITION; float64 products cost about twice as much on a CPU.
     """
     key = jax.random.key(config.seed) if key is None else key
-    float64 = config.precision == "float64"
-    if config.precision == "auto" and config.solver != "exact":
-        float64 = _condition_at_start(fn, params, A, y, config) > FLOAT32_CONDITION
-    if not float64:
-        return _fit(fn, params, A, y, config, key, mesh)
+    k_prior, k_em = jax.random.split(key)
+    if config.precision != "float64":
+        built = _model_and_start(fn, params, A, y, config, k_prior)
+        if (config.precision == "float32" or config.solver == "exact"
+                or _condition_at_start(*built[:2]) <= FLOAT32_CONDITION):
+            return _fit(*built, config, k_em, mesh)
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
-        return _fit(fn, params64, A.astype(np.float64), np.asarray(y, np.float64), config, key,
-                    mesh, output_dtype=jnp.result_type(*jax.tree.leaves(params)))
+        built = _model_and_start(fn, params64, A.astype(np.float64), np.asarray(y, np.float64),
+                                 config, k_prior)
+        return _fit(*built, config, k_em, mesh,
+                    output_dtype=jnp.result_type(*jax.tree.leaves(params)))
 
 
-def _condition_at_start(fn, params, A, y, config: LaplaceConfig) -> float:
-    """lam_max(P) / s2 at the EM's data-driven start, in float32 (power iteration)."""
-    model, init, _ = _model_and_start(fn, params, A, y, config, jax.random.key(config.seed))
-    opts = dataclasses.replace(config.solver_options, kind="sgd")  # its set-up: 1.1 (1 + lam/s2)
-    bound = sampling.preconditioner(model, init, jax.random.key(1), opts)
-    return float(bound) / 1.1 - 1.0
+def _condition_at_start(model: LinearModel, init: Hyper) -> float:
+    """lam_max(P) / s2 at the EM's start (power iteration, in the model's precision)."""
+    return float(sampling.top_eigenvalue(model, init, jax.random.key(1)) / init.noise_variance)
 
 
 def _model_and_start(fn, params, A, y, config: LaplaceConfig, key):
@@ -296,9 +294,9 @@ def _model_and_start(fn, params, A, y, config: LaplaceConfig, key):
     return model, init, coordinates
 
 
-def _fit(fn, params, A, y, config: LaplaceConfig, key, mesh, output_dtype=None):
-    k_prior, k_em = jax.random.split(key)
-    model, init, coordinates = _model_and_start(fn, params, A, y, config, k_prior)
+def _fit(model: LinearModel, init: Hyper, coordinates, config: LaplaceConfig, k_em, mesh,
+         output_dtype=None) -> LinearisedLaplace:
+    """EM from `init` on the linear model, then the posterior."""
     dense = exact.dense_problem(model) if config.solver == "exact" else None
     cache = {}
     hyper, history = em.run_em(model, init, k_em, cycles=config.em_cycles, samples=config.samples,

@@ -139,6 +139,13 @@ def _preparation(model, hyper, key, opts: SolverOptions):
     return None
 
 
+@jax.jit
+def top_eigenvalue(model: LinearModel, hyper: Hyper, key: jax.Array) -> jax.Array:
+    """lam_max(P) by power iteration (30 products with P)."""
+    _, _, _, apply_p, _ = operators(model, hyper)
+    return solvers.power_max_eig(apply_p, model.num_data, key, dtype=model.theta.dtype)
+
+
 def preconditioner(model: LinearModel, hyper: Hyper, key: jax.Array, opts: SolverOptions,
                    previous=None):
     """The solver set-up for `hyper`, reusing `previous` = (prep, hyper_then) when exact.

@@ -288,6 +288,23 @@ def test_cg_posterior_mean_matches_exact(p16):
     print(f"linear-model mean vs network image: relative difference {gap:.2f}")
 
 
+
+def test_mean_misfit_survives_a_loose_cg_tolerance(p16):
+    """The EM's noise update needs ||r - A J w_lin||^2, a small remainder of a large r. At a
+    relative CG tolerance of 1e-2 (the CLI's) it must still be accurate: taken as ||s2 v||^2
+    it is; taken from the solved image, A J w_lin, the CG error swamps it."""
+    post = exact.posterior(p16["dense"], p16["v"], p16["s2"])
+    dense = p16["dense"]
+    truth = np.sum((dense.residual - dense.Phi @ post.weight_mean) ** 2)
+    loose = SolverOptions("cg", cg_tol=1e-2, cg_max_iter=500, precond_rank=0)
+    mean = sampling.posterior_mean(p16["model"], p16["hyper"], loose)
+    from_image = float(jnp.sum(jnp.square(p16["model"].y - p16["model"].A(mean.image))))
+    print(f"misfit: exact {truth:.4g}, s2 v {float(mean.data_fit):.4g}, from the image "
+          f"{from_image:.4g}; CG iterations {int(mean.iterations)}, residual "
+          f"{float(mean.residual):.2g}")
+    assert float(mean.residual) > 1e-3  # the solve really is loose
+    assert float(mean.data_fit) == pytest.approx(truth, rel=0.15)  # 8%; from the image 3.6x
+
 # -- 6. sharding over devices ---------------------------------------------------------------------
 SHARDING_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np

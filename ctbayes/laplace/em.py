@@ -164,7 +164,7 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
                                            model.prior.sizes(), estimator)
             info["gamma_stderr"] = stderr.tolist()
             w_lin = mean.weights
-            data_fit = float(jnp.sum(jnp.square(model.y - model.A(mean.image))))
+            data_fit = float(mean.data_fit)
         hyper, gamma, norms = mackay_update(model.prior, w_lin, gamma, data_fit, m)
         history.append({"cycle": cycle,
                         "prior_variances": np.asarray(hyper.prior_variances, np.float64).tolist(),

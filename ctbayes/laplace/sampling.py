@@ -83,13 +83,22 @@ class Samples(NamedTuple):
 
 
 class Mean(NamedTuple):
-    """The linear model's posterior mean: weights w_lin (d,), image x_lin (H, W), solver info."""
+    """The linear model's posterior mean: weights w_lin (d,), image x_lin (H, W), solver info,
+    and the data misfit ||r - A J w_lin||^2 that the EM's noise update needs.
+
+    With CG the misfit is taken as ||s2 v||^2 (v = K^-1 r; equal at convergence), not from
+    A J w_lin: r lies mostly along the top eigenvectors of P, and there a CG residual of
+    relative size tol passes into A J w_lin = P v almost whole but into s2 v shrunk by
+    s2 / lam. On the rectangles scan (||r|| about 300) a 1e-2 residual made the misfit 51
+    instead of 15 in one EM cycle, and the noise variance jumped threefold.
+    """
 
     weights: jax.Array
     image: jax.Array
     iterations: jax.Array
     residual: jax.Array
     converged: jax.Array
+    data_fit: jax.Array
 
 
 def sample_mesh(devices=None) -> Mesh:
@@ -206,8 +215,9 @@ def _samples(model, hyper, keys, is_mean, prep, opts, mesh, return_weights):
         gamma_f = model.prior.group_sum(w * phi_t(phi_w)) / s2
         gamma_w = model.prior.group_sum(w * w / var)
         w_mean = jnp.sum(jnp.where(is_mean[:, None], w, 0.0), axis=0, keepdims=True)
-        return (jv(w), (w if return_weights else None), w_mean, gamma_f, gamma_w, iters,
-                residual, converged)
+        misfit = jnp.sum(jnp.where(is_mean[:, None], jnp.square(e - phi_w), 0.0)).reshape(1)
+        return (jv(w), (w if return_weights else None), w_mean, misfit, gamma_f, gamma_w,
+                iters, residual, converged)
 
     def local(keys, is_mean, model, hyper, prep):
         if opts.batch_size is None:
@@ -217,14 +227,16 @@ def _samples(model, hyper, keys, is_mean, prep, opts, mesh, return_weights):
         out = jax.lax.map(lambda a: solve_batch(a[0], a[1], model, hyper, prep),
                           (keys.reshape(rows + keys.shape[1:]), is_mean.reshape(rows)))
         out = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
-        return out[:2] + (jnp.sum(out[2], axis=0, keepdims=True),) + out[3:]
+        totals = tuple(jnp.sum(a, axis=0, keepdims=True) for a in out[2:4])
+        return out[:2] + totals + out[4:]
 
     spec = P(AXIS)
-    out_specs = (spec, spec if return_weights else None) + (spec,) * 6
+    out_specs = (spec, spec if return_weights else None) + (spec,) * 7
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, P(), P(), P()),
                             out_specs=out_specs, check_vma=False)
-    images, w, w_mean, *rest = sharded(keys, is_mean, model, hyper, prep)
-    return (images, w, jnp.sum(w_mean, axis=0), *rest)  # w_mean: one partial sum per device
+    images, w, w_mean, misfit, *rest = sharded(keys, is_mean, model, hyper, prep)
+    # w_mean, misfit: one partial sum per device (only the mean row's is non-zero)
+    return (images, w, jnp.sum(w_mean, axis=0), jnp.sum(misfit), *rest)
 
 
 def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
@@ -250,9 +262,10 @@ def posterior_samples(model: LinearModel, hyper: Hyper, key: jax.Array, n: int,
     keys, is_mean = jax.device_put(keys, sharding), jax.device_put(is_mean, sharding)
     hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
     prep = _preparation(model, hyper, prep_key, opts) if prep is None else prep
-    images, w, w_mean, gamma_f, gamma_w, iters, residual, converged = _samples(
+    images, w, w_mean, misfit, gamma_f, gamma_w, iters, residual, converged = _samples(
         model, hyper, keys, is_mean, prep, opts, mesh, return_weights)
-    mean = Mean(w_mean, model.offset_image + images[n], iters[n], residual[n], converged[n])
+    mean = Mean(w_mean, model.offset_image + images[n], iters[n], residual[n], converged[n],
+                misfit)
     samples = (images, w, gamma_f, gamma_w, iters, residual, converged)
     samples = [None if a is None else a[:n] for a in samples]
     if n % mesh.devices.size == 0:  # dropping the extra rows leaves uneven shards: even them

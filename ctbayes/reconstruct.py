@@ -98,6 +98,8 @@ def _with_uncertainty(fit, A, scan, config: UncertaintyConfig, settings, timings
     timings["uncertainty_sampling"] = summary.seconds
     timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
     settings |= {f"uncertainty_{k}": v for k, v in dataclasses.asdict(config).items()}
+    if hasattr(posterior, "precision"):  # what "auto" chose
+        settings["uncertainty_precision_used"] = posterior.precision
     # the posterior's mean: the network's image for Laplace, the predictive mean of MC
     # dropout and of the VI posteriors; the metrics and figures are all about this image
     image = summary.mean

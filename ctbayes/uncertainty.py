@@ -91,9 +91,11 @@ def network_function(fit):
     return (lambda params: nnx.merge(graphdef, params, rest)(z)), fit.params
 
 
-def image_posterior(fit, A, y, config: UncertaintyConfig):
+def image_posterior(fit, A, y, config: UncertaintyConfig, method_config=None):
     """The posterior over the image of a DIP fit (`DIPResult`) for sinogram y = A x + noise.
 
+    method_config: the VI posteriors' own settings (an `MFVIConfig` or a `ScoreVIConfig`;
+    None: their defaults, with config.samples moment samples).
     Returns (posterior, hyperparameters): the hyperparameters the method learned, as a flat
     dict of floats for the result file.
     """
@@ -119,13 +121,14 @@ def image_posterior(fit, A, y, config: UncertaintyConfig):
     if method == "mfvi":
         from ctbayes.vi.dip import mfvi_posterior
 
-        posterior = mfvi_posterior(fit, A, y, samples=config.samples, seed=config.seed)
+        posterior = mfvi_posterior(fit, A, y, samples=config.samples, seed=config.seed,
+                                   config=method_config)
         return posterior, {"noise_variance": posterior.noise_variance}
     if method == "score-vi":
         from ctbayes.score_vi.dip import ScoreVIConfig, score_vi_posterior
 
-        posterior = score_vi_posterior(fit, A, y, config=ScoreVIConfig(
-            moment_samples=config.samples), seed=config.seed)
+        chosen = method_config or ScoreVIConfig(moment_samples=config.samples)
+        posterior = score_vi_posterior(fit, A, y, config=chosen, seed=config.seed)
         return posterior, {}
     raise InputError(f"The uncertainty method {method!r} has no posterior.")
 

@@ -470,6 +470,7 @@ def test_float64_where_float32_cg_cannot_be_trusted(p16):
                            init_prior_variance=v0, init_noise_variance=s2)
     post = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], config)
     assert post.model.theta.dtype == jnp.float64 and post.output_dtype == jnp.float32
+    assert post.precision == "float64"
     std = post.std()
     assert std.dtype == jnp.float32
     with jax.enable_x64(True):
@@ -480,3 +481,4 @@ def test_float64_where_float32_cg_cannot_be_trusted(p16):
     well = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], dataclasses.replace(
         config, init_noise_variance=float(lam_max / 1e3)))
     assert well.output_dtype is None and well.model.theta.dtype == jnp.float32
+    assert well.precision == "float32"

@@ -100,6 +100,7 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
                  "--em-cycles", "2", "--figures", str(figures), "--no-progress"]) == 0
     result = read_result(out)
     assert result.settings["uncertainty_method"] == "laplace"
+    assert result.settings["uncertainty_precision_used"] in ("float32", "float64")
     assert result.std.shape == (32, 32) and np.all(np.isfinite(result.std))
     assert np.all(result.std > 0) and result.samples.shape == (4, 32, 32)
     assert result.hyperparameters["noise_variance"] > 0

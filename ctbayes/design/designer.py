@@ -32,6 +32,7 @@ from ctbayes.design.masked import masked
 from ctbayes.dip.fit import DIPConfig
 from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
+from ctbayes.uncertainty import UncertaintyConfig, image_posterior
 
 RECONSTRUCTIONS = ("dip", "mean")
 
@@ -114,16 +115,14 @@ def vi_factory(method: str = "mfvi", config=None, *, samples: int = 32, seed: in
     if method not in VI_METHODS:
         raise InputError(f"Unknown variational backend {method!r}; expected one of "
                          f"{', '.join(VI_METHODS)}.")
+    settings = UncertaintyConfig(method=method, samples=max(samples, 2), seed=seed)
+    if method == "score-vi" and config is None:  # one group: every view in each step
+        from ctbayes.score_vi.dip import ScoreVIConfig
+
+        config = ScoreVIConfig(view_groups=1, moment_samples=settings.samples)
 
     def factory(fit, A, y):
-        if method == "mfvi":
-            from ctbayes.vi.dip import mfvi_posterior
-
-            return mfvi_posterior(fit, A, y, samples=samples, seed=seed, config=config)
-        from ctbayes.score_vi.dip import ScoreVIConfig, score_vi_posterior
-
-        chosen = config or ScoreVIConfig(view_groups=1, moment_samples=max(samples, 2))
-        return score_vi_posterior(fit, A, y, config=chosen, seed=seed)
+        return image_posterior(fit, A, y, settings, method_config=config)[0]
 
     factory.needs_fit = True
     return factory

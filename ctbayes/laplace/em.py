@@ -17,8 +17,9 @@ One cycle (the sample-based EM of Antoran et al., ICLR 2023, here with per-group
     "auto" (default): per group, the one of the two with the smaller sample variance.
 - M-step (MacKay's fixed point of the evidence):
     v_g <- ||w_lin,g||^2_{C_g^-1} / gamma_g,     s2 <- ||y - A x_lin||^2 / (m - gamma),
-  with C the fixed per-parameter factors of the prior (1, or the g-prior scale),
-  gamma = sum_g gamma_g, each gamma_g clipped to [1e-3, d_g] and m - gamma to at least 1.
+  the misfit taken from the CG solve as ||s2 K^-1 r||^2 (`sampling.Mean`), with C the
+  fixed per-parameter factors of the prior (1, or the g-prior scale), gamma = sum_g gamma_g,
+  each gamma_g clipped to [1e-3, d_g] and m - gamma to at least 1.
 
 A fixed point of these updates is a stationary point of the exact evidence, which is what the
 tests compare against (`exact.maximise_marginal_likelihood`). Each cycle uses a fresh key.

@@ -157,6 +157,11 @@ class LinearisedLaplace:
     def noise_variance(self) -> float:
         return float(self.hyper.noise_variance)
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic the model computed in: "float32" or "float64" (see `fit_laplace`)."""
+        return jnp.result_type(self.model.theta).name
+
     # -- moments -----------------------------------------------------------------------------
     @_in_model_precision
     def linear_mean(self) -> jax.Array:

@@ -89,7 +89,7 @@ class Mean(NamedTuple):
     With CG the misfit is taken as ||s2 v||^2 (v = K^-1 r; equal at convergence), not from
     A J w_lin: r lies mostly along the top eigenvectors of P, and there a CG residual of
     relative size tol passes into A J w_lin = P v almost whole but into s2 v shrunk by
-    s2 / lam. On the rectangles scan (||r|| about 300) a 1e-2 residual made the misfit 51
+    s2 / lam. On the rectangles scan a 1e-2 residual made the misfit 51
     instead of 15 in one EM cycle, and the noise variance jumped threefold.
     """
 

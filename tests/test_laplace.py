@@ -371,6 +371,25 @@ def test_sgd_samples_match_cg_std(p16):
     assert rel < 0.15
 
 
+
+def test_sgd_runs_in_float64(p16):
+    """The SGD path in float64 (its Lipschitz bound's power iteration in the model's dtype:
+    a float32 start vector broke the float64 trace) matches the dense float64 std."""
+    model = linearise.linear_model(p16["fn"], p16["params"], p16["A"], p16["y"],
+                                   priors.make_prior("isotropic", p16["params"]), "zero")
+    v0 = float(em.initial_hyper(model).prior_variances[0])
+    s2 = float(p16["s2"])
+    config = LaplaceConfig(prior="isotropic", solver="sgd", em_cycles=0, samples=N,
+                           std_samples=N, precision="float64", init_prior_variance=v0,
+                           init_noise_variance=s2)
+    post = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], config)
+    assert post.precision == "float64"
+    with jax.enable_x64(True):
+        truth = exact.posterior(exact.dense_problem(post.model), np.array([v0]), s2).std
+    rel = np.median(np.abs(np.asarray(post.std(), np.float64) / truth - 1))
+    print(f"float64 SGD vs dense: median relative std error {rel:.3f}")
+    assert rel < 0.15
+
 # -- 8. the posterior object --------------------------------------------------------------------------
 def test_fit_laplace_interface(p16):
     # the same solver options and sample counts as above: the compiled sampler is reused

@@ -131,6 +131,13 @@ def operators(model: LinearModel, hyper: Hyper):
     return var, phi, phi_t, apply_p, jv
 
 
+@jax.jit
+def top_eigenvalue(model: LinearModel, hyper: Hyper, key: jax.Array) -> jax.Array:
+    """lam_max(P) by power iteration (30 products with P)."""
+    _, _, _, apply_p, _ = operators(model, hyper)
+    return solvers.power_max_eig(apply_p, model.num_data, key, dtype=model.theta.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("opts",))
 def _preparation(model, hyper, key, opts: SolverOptions):
     """Solver set-up, computed once on one device and then replicated: the Nystrom
@@ -141,18 +148,11 @@ def _preparation(model, hyper, key, opts: SolverOptions):
     m = model.num_data
     s2 = hyper.noise_variance
     if opts.kind == "sgd":
-        return 1.1 * (1.0 + solvers.power_max_eig(apply_p, m, key) / s2)
+        return 1.1 * (1.0 + top_eigenvalue(model, hyper, key) / s2)
     if opts.precond_rank > 0:
         return solvers.nystrom(apply_p, m, min(opts.precond_rank, m), key, s2, model.theta.dtype,
                                block=PRECONDITIONER_BLOCK)
     return None
-
-
-@jax.jit
-def top_eigenvalue(model: LinearModel, hyper: Hyper, key: jax.Array) -> jax.Array:
-    """lam_max(P) by power iteration (30 products with P)."""
-    _, _, _, apply_p, _ = operators(model, hyper)
-    return solvers.power_max_eig(apply_p, model.num_data, key, dtype=model.theta.dtype)
 
 
 def preconditioner(model: LinearModel, hyper: Hyper, key: jax.Array, opts: SolverOptions,

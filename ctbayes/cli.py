@@ -68,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--prior", default=UncertaintyConfig.prior, choices=PRIOR_KINDS,
                      help="Laplace prior over the network weights")
     rec.add_argument("--em-cycles", type=int, default=UncertaintyConfig.em_cycles,
-                     help="Laplace: EM cycles for the prior and noise variances")
+                     help="Laplace: EM cycles (at most) for the prior and noise variances")
+    rec.add_argument("--em-tol", type=float, default=UncertaintyConfig.em_tol,
+                     help="Laplace: stop the EM once no variance moves by more than this "
+                          "relative amount in a cycle (0: run all cycles)")
     rec.add_argument("--solver", default=UncertaintyConfig.solver, choices=["cg", "sgd", "exact"],
                      help="Laplace sampler: preconditioned CG, SGD, or exact (small images)")
     rec.add_argument("--dropout", type=float, default=UncertaintyConfig.dropout,
@@ -126,7 +129,8 @@ def _reconstruct(args):
                                uncertainty=UncertaintyConfig(
                                    method=args.uncertainty, samples=args.samples,
                                    save_samples=args.save_samples, prior=args.prior,
-                                   em_cycles=args.em_cycles, solver=args.solver,
+                                   em_cycles=args.em_cycles, em_tol=args.em_tol,
+                                   solver=args.solver,
                                    dropout=args.dropout, seed=args.seed)
                                if args.method == "dip" else UncertaintyConfig(method="none"))
     checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")

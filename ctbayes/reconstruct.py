@@ -88,7 +88,7 @@ def _with_uncertainty(fit, A, scan, config: UncertaintyConfig, settings, timings
     """The DIP reconstruction with the posterior's mean, std, samples and metrics."""
     if progress:  # the posterior has no progress bar; say what the wait is for
         print(f"uncertainty: {config.method}, {config.samples} samples"
-              + (f", {config.em_cycles} EM cycles" if config.method == "laplace" else "")
+              + (f", up to {config.em_cycles} EM cycles" if config.method == "laplace" else "")
               + " (compiling first: minutes on a CPU)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     posterior, hyper = image_posterior(fit, A, scan.sinogram, config)
@@ -100,6 +100,8 @@ def _with_uncertainty(fit, A, scan, config: UncertaintyConfig, settings, timings
     settings |= {f"uncertainty_{k}": v for k, v in dataclasses.asdict(config).items()}
     if hasattr(posterior, "precision"):  # what "auto" chose
         settings["uncertainty_precision_used"] = posterior.precision
+    if config.method == "laplace":  # EM cycles run (fewer than allowed once converged)
+        settings["uncertainty_em_cycles_run"] = len(posterior.history)
     # the posterior's mean: the network's image for Laplace, the predictive mean of MC
     # dropout and of the VI posteriors; the metrics and figures are all about this image
     image = summary.mean

@@ -246,6 +246,23 @@ def test_exact_em_converges_to_oracle(p16):
     assert len(history) == 10
 
 
+def test_em_stops_once_converged(p16):
+    """With a tolerance the exact EM stops at the first cycle that moved every variance by
+    less than it; that cycle's output is already at the oracle, and without a tolerance
+    the same cycles give the same numbers."""
+    hyper, history = em.run_em(p16["model"], p16["init"], jax.random.key(0), cycles=50,
+                               solver="exact", dense=p16["dense"], tol=1e-4)
+    assert 2 <= len(history) < 50 and history[-1]["em_converged"]
+    assert not any(h["em_converged"] for h in history[:-1])
+    last, previous = history[-1], history[-2]
+    assert abs(np.log(last["noise_variance"] / previous["noise_variance"])) < 1e-4
+    assert float(hyper.prior_variances[0]) == pytest.approx(p16["v"][0], rel=1e-2)
+    assert float(hyper.noise_variance) == pytest.approx(p16["s2"], rel=1e-2)
+    full, _ = em.run_em(p16["model"], p16["init"], jax.random.key(0), cycles=len(history),
+                        solver="exact", dense=p16["dense"])
+    assert float(full.noise_variance) == pytest.approx(float(hyper.noise_variance), rel=1e-6)
+
+
 def test_sample_based_em_matches_oracle(p16):
     hyper, history = em.run_em(p16["model"], p16["init"], jax.random.key(1), cycles=5, samples=N,
                                solver="cg", opts=OPTS)

@@ -101,6 +101,7 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     result = read_result(out)
     assert result.settings["uncertainty_method"] == "laplace"
     assert result.settings["uncertainty_precision_used"] in ("float32", "float64")
+    assert 1 <= result.settings["uncertainty_em_cycles_run"] <= 2
     assert result.std.shape == (32, 32) and np.all(np.isfinite(result.std))
     assert np.all(result.std > 0) and result.samples.shape == (4, 32, 32)
     assert result.hyperparameters["noise_variance"] > 0
@@ -123,6 +124,10 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
                  "--samples", "1", "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert "at least 2" in err and "Traceback" not in err
+    assert main(["reconstruct", str(scan_path), "-o", str(tmp_path / "bad.h5"),
+                 "--em-tol", "-1", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "EM tolerance" in err and "Traceback" not in err
     assert not (tmp_path / "bad.h5").exists()
 
 

@@ -25,6 +25,11 @@ A fixed point of these updates is a stationary point of the exact evidence, whic
 tests compare against (`exact.maximise_marginal_likelihood`). Each cycle uses a fresh key.
 With solver "exact" the E-step is the dense posterior and gamma is exact.
 
+Convergence: with `tol` > 0 the EM stops early, after the first cycle (from the second on)
+whose every hyperparameter moved by less than a factor exp(tol) from the cycle before. On
+the shipped 64x64 Shepp-Logan DIP, cycles 1 to 7 wander within 3% of each other (the Monte
+Carlo noise of 16-sample gammas), so further cycles buy nothing.
+
 The start: the network's residual can put s2 far below the top eigenvalue of P = A J S J^T A^T
 (on HTC2022 `ta` at 128x128, lam_max / s2 = 3e7), where float32 products with K are no longer
 positive definite and CG diverges. With CG the first E-step therefore uses s2 of at least
@@ -109,13 +114,16 @@ def _well_conditioned_start(hyper: Hyper, prep: "solvers.Nystrom"):
 def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
            samples: int = 64, solver: str = "cg", opts: SolverOptions | None = None,
            estimator: str = "auto", dense: "exact.DenseProblem | None" = None,
-           mesh=None, cache: dict | None = None) -> tuple[Hyper, list[dict]]:
-    """Run `cycles` EM cycles from `init`; return the final hyperparameters and the history.
+           mesh=None, cache: dict | None = None, tol: float = 0.0) -> tuple[Hyper, list[dict]]:
+    """Run up to `cycles` EM cycles from `init`; return the final hyperparameters and the
+    history. tol: stop once no hyperparameter moved by more than a factor exp(tol) in a
+    cycle (0: run all cycles).
 
     solver: "cg", "sgd" (sample-based E-step, `samples` samples per cycle) or "exact" (dense).
     History: one dict per cycle with the hyperparameters it produced, gamma per group (and
     its Monte Carlo standard error), the weight norms, the data fit ||y - A x_lin||^2 and
-    the solver's convergence summary (CG iterations, residuals, systems not converged).
+    the solver's convergence summary (CG iterations, residuals, systems not converged), and
+    "em_converged" (whether that cycle met `tol`).
     cache: a dict that receives "preconditioner" = (the last one, its hyper) for reuse.
     """
     if estimator not in ESTIMATORS:
@@ -166,11 +174,23 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
             info["gamma_stderr"] = stderr.tolist()
             w_lin = mean.weights
             data_fit = float(mean.data_fit)
+        before = hyper
         hyper, gamma, norms = mackay_update(model.prior, w_lin, gamma, data_fit, m)
+        converged = cycle > 0 and tol > 0 and _largest_log_change(before, hyper) < tol
         history.append({"cycle": cycle,
                         "prior_variances": np.asarray(hyper.prior_variances, np.float64).tolist(),
                         "noise_variance": float(hyper.noise_variance),
                         "gamma": gamma.tolist(), "gamma_total": float(gamma.sum()),
-                        "weight_norms": norms.tolist(), "data_fit": data_fit, **info})
+                        "weight_norms": norms.tolist(), "data_fit": data_fit,
+                        "em_converged": converged, **info})
+        if converged:
+            break
     return hyper, history
+
+
+def _largest_log_change(before: Hyper, after: Hyper) -> float:
+    """max |log(after / before)| over the prior variances and the noise variance."""
+    old = np.append(np.asarray(before.prior_variances, np.float64), float(before.noise_variance))
+    new = np.append(np.asarray(after.prior_variances, np.float64), float(after.noise_variance))
+    return float(np.max(np.abs(np.log(new / old))))
 

@@ -42,8 +42,9 @@ class LaplaceConfig:
       Matern prior's lengthscale in filter taps (None: fitted per kernel to its filters).
     prior_mean: "zero" (affine model, default) or "mode" (residual model), see `LinearModel`.
     mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
-    em_cycles, samples: EM cycles and posterior samples per E-step; std_samples: samples
-      behind `std()`; gamma_estimator: "auto", "features" or "weights" (`em`).
+    em_cycles, samples: EM cycles (at most) and posterior samples per E-step; em_tol: stop
+      the EM once no hyperparameter moves by more than a factor exp(em_tol) in a cycle (0:
+      all cycles, `em.run_em`); std_samples: samples behind `std()`; gamma_estimator: "auto", "features" or "weights" (`em`).
     solver: "cg" (batched CG + Nystrom preconditioner of rank precond_rank), "sgd"
       (sample-then-optimise, sgd_iterations steps) or "exact" (dense, small problems);
       sample_batch: samples solved together per device (None: all; bounds memory, and makes
@@ -59,6 +60,7 @@ class LaplaceConfig:
     prior_mean: str = "zero"
     mean: str = "network"
     em_cycles: int = 6
+    em_tol: float = 0.0
     samples: int = 32
     std_samples: int = 128
     solver: str = "cg"
@@ -89,6 +91,8 @@ class LaplaceConfig:
                 raise InputError(f"LaplaceConfig.{name} must be at least 1.")
         if self.em_cycles < 0 or self.precond_rank < 0 or self.cg_tol <= 0:
             raise InputError("LaplaceConfig: em_cycles and precond_rank must be >= 0, cg_tol > 0.")
+        if not self.em_tol >= 0:
+            raise InputError("LaplaceConfig.em_tol must be >= 0.")
         if self.matern_lengthscale is not None and not self.matern_lengthscale > 0:
             raise InputError("LaplaceConfig.matern_lengthscale must be positive.")
 
@@ -307,6 +311,6 @@ def _fit(model: LinearModel, init: Hyper, coordinates, config: LaplaceConfig, k_
     hyper, history = em.run_em(model, init, k_em, cycles=config.em_cycles, samples=config.samples,
                                solver=config.solver, opts=config.solver_options,
                                estimator=config.gamma_estimator, dense=dense, mesh=mesh,
-                               cache=cache)
+                               cache=cache, tol=config.em_tol)
     return LinearisedLaplace(model, hyper, config, history, dense, mesh,
                              cache.get("preconditioner"), coordinates, output_dtype)

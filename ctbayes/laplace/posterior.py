@@ -44,7 +44,8 @@ class LaplaceConfig:
     mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
     em_cycles, samples: EM cycles (at most) and posterior samples per E-step; em_tol: stop
       the EM once no hyperparameter moves by more than a factor exp(em_tol) in a cycle (0:
-      all cycles, `em.run_em`); std_samples: samples behind `std()`; gamma_estimator: "auto", "features" or "weights" (`em`).
+      all cycles, `em.run_em`); std_samples: samples behind `std()`; gamma_estimator:
+      "auto", "features" or "weights" (`em`).
     solver: "cg" (batched CG + Nystrom preconditioner of rank precond_rank), "sgd"
       (sample-then-optimise, sgd_iterations steps) or "exact" (dense, small problems);
       sample_batch: samples solved together per device (None: all; bounds memory, and makes

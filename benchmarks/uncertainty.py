@@ -95,7 +95,8 @@ def main():
             row = {"scan": name, "size": result.mean.shape[0], "method": method,
                    "dip_s": dip_seconds, "fit_s": t["uncertainty_fit"],
                    "sampling_s": t["uncertainty_sampling"],
-                   "ratio": t["uncertainty"] / dip_seconds}
+                   "ratio": t["uncertainty"] / dip_seconds,
+                   "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
             truth = truth_for(scan, result.mean)
             scores = uncertainty_metrics(truth, result.mean, result.std, result.samples)
             row |= {"psnr": metrics.psnr(result.mean, truth),

@@ -37,8 +37,8 @@ class UncertaintyConfig:
       prior gave 0.83 and 9% low; on the rectangles and ellipses scans the two agree (LL
       within 0.04, coverage within 0.01; README *Benchmarks*). The g-prior's std was twice
       too large (coverage 0.99) and the per-layer prior's EM shrank the small groups'
-      variances towards zero (coverage 0.51). Four EM cycles: on 64x64 Shepp-Logan three already
-      gave a std that beat the best constant one, one cycle did not. A relative CG residual
+      variances towards zero (coverage 0.51). At most four EM cycles: on 64x64 Shepp-Logan
+      the EM meets em_tol after two. A relative CG residual
       of 1e-2 moves the std by well under its Monte Carlo error. The Nystrom preconditioner's
       rank (capped at the number of data) should exceed the effective dimension gamma of the
       fit: on the 128x128 ellipses DIP (gamma about 750 of 11640 data) CG needed 18 / 10 / 5

@@ -27,8 +27,8 @@ from common import SCANS, SHARED_DATA, parse_args, report
 from ctbayes import metrics
 from ctbayes.io import read_scan
 from ctbayes.phantoms import make_phantom
-from ctbayes.simulate import default_geometry, simulate_scan
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
+from ctbayes.simulate import default_geometry, simulate_scan
 from ctbayes.uncertainty import UncertaintyConfig, uncertainty_metrics
 
 

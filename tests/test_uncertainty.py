@@ -101,7 +101,7 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     result = read_result(out)
     assert result.settings["uncertainty_method"] == "laplace"
     assert result.settings["uncertainty_precision_used"] in ("float32", "float64")
-    assert 1 <= result.settings["uncertainty_em_cycles_run"] <= 2
+    assert result.settings["uncertainty_em_cycles_run"] == 2  # never stops after one
     assert result.std.shape == (32, 32) and np.all(np.isfinite(result.std))
     assert np.all(result.std > 0) and result.samples.shape == (4, 32, 32)
     assert result.hyperparameters["noise_variance"] > 0

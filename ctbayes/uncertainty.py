@@ -48,8 +48,8 @@ class UncertaintyConfig:
       compiled sampler): on that scan 16 and 32 gave the same hyperparameters (noise variance
       0.371 either way), std, log-likelihood and coverage, and 16 cost 40% less.
     em_tol: the EM stops early once no hyperparameter moved by more than 5% in a cycle
-      (`ctbayes.laplace.em`); on 64x64 Shepp-Logan the cycles after the first wander within
-      3%, the Monte Carlo noise of the E-step. 0 runs all `em_cycles`.
+      (`ctbayes.laplace.em`); on 64x64 Shepp-Logan each cycle after the first moves them by
+      at most 3.5%, the Monte Carlo noise of the E-step. 0 runs all `em_cycles`.
     precision: of the linearised model ("auto": float64 where float32 CG cannot be trusted,
       as on HTC2022 `ta` at 128x128; see `ctbayes.laplace.fit_laplace`).
     dropout: the dropout rate of the DIP-MCDO fit (the rate of Laves et al. 2020 is 0.1 on

@@ -58,10 +58,11 @@ def best_constant_std(truth, mean) -> float:
     return float(np.sqrt(np.mean((np.asarray(truth, np.float64) - np.asarray(mean, np.float64)) ** 2)))
 
 
-def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6) -> float:
+def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=None) -> float:
     """Per-pixel log-likelihood of the truth under Gaussians fitted to posterior samples on
     non-overlapping patch x patch blocks (sample mean and covariance, plus jitter * I), as
-    bayes_dip reports it. Pixels outside whole patches are left out."""
+    bayes_dip reports it. Pixels outside whole patches are left out, and with a boolean
+    `mask` so are the patches not wholly inside it."""
     samples = np.asarray(samples, np.float64)
     truth = np.asarray(truth, np.float64)
     n, h, w = samples.shape
@@ -83,7 +84,10 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6) -> fl
     z = np.linalg.solve(chol, diff[..., None])[..., 0]
     logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
     logp = -0.5 * (np.sum(z**2, -1) + logdet + d * np.log(2 * np.pi))
-    return float(logp.sum() / (rows * cols * d))
+    inside = np.ones(rows * cols, bool) if mask is None else blocks(np.asarray(mask, bool)).all(-1)
+    if not inside.any():
+        raise ValueError(f"no whole {patch}x{patch} patch lies inside the mask")
+    return float(logp[inside].sum() / (inside.sum() * d))
 
 
 def coverage(truth, mean, std, levels=(0.5, 0.9, 0.95)) -> dict:

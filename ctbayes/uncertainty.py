@@ -170,17 +170,37 @@ def summarise(posterior, config: UncertaintyConfig, ground_truth=None,
                               time.perf_counter() - start)
 
 
-def uncertainty_metrics(truth, mean, std, samples=None) -> dict:
+def uncertainty_metrics(truth, mean, std, samples=None, mask=None) -> dict:
     """Test log-likelihoods (per-pixel Gaussian, the best constant std with hindsight, and
-    patch-wise from the samples for k in PATCH_SIZES that fit) and 50/90/95% coverage."""
-    result = {"log_likelihood": metrics.gaussian_log_likelihood(truth, mean, std)}
-    constant = metrics.best_constant_std(truth, mean)
+    patch-wise from the samples for k in PATCH_SIZES that fit) and 50/90/95% coverage.
+    mask: score only these pixels (e.g. a scanner's field of view; the patch scores then
+    take the patches wholly inside it)."""
+    if mask is None:
+        pixels = (truth, mean, std)
+    else:
+        mask = np.asarray(mask, bool)
+        pixels = tuple(np.asarray(a)[mask] for a in (truth, mean, std))
+    result = {"log_likelihood": metrics.gaussian_log_likelihood(*pixels)}
+    constant = metrics.best_constant_std(*pixels[:2])
     result["log_likelihood_constant_std"] = metrics.gaussian_log_likelihood(
-        truth, mean, np.full_like(std, constant))
+        *pixels[:2], np.full_like(pixels[2], constant))
     if samples is not None:
         for k in PATCH_SIZES:
             if k <= min(np.shape(truth)) and len(samples) > 1:
-                result[f"patch_log_likelihood_{k}"] = metrics.patch_log_likelihood(truth, samples, k)
-    for level, value in metrics.coverage(truth, mean, std).items():
+                result[f"patch_log_likelihood_{k}"] = metrics.patch_log_likelihood(
+                    truth, samples, k, mask=mask)
+    for level, value in metrics.coverage(*pixels).items():
         result[f"coverage_{round(level * 100)}"] = value
     return result
+
+
+def heldout_view_metrics(A_heldout, y_heldout, samples, noise_variance: float) -> dict:
+    """Scores for predicting measured views that the fit never saw: each held-out ray gets
+    the Gaussian with the mean and variance of A_heldout x over the posterior samples, plus
+    the noise variance. On real data this is a check against a measurement rather than a
+    reference image: the uncertainty_metrics keys, per ray instead of per pixel."""
+    projected = np.asarray(A_heldout(np.asarray(samples, np.float32)), np.float64)
+    mean = projected.mean(0)
+    std = np.sqrt(projected.var(0, ddof=1) + float(noise_variance))
+    return uncertainty_metrics(np.asarray(y_heldout, np.float64), mean, std)
+

@@ -57,3 +57,25 @@ def test_patch_log_likelihood_approaches_the_exact_density():
     assert metrics.patch_log_likelihood(truth_patch.reshape(2, 2), samples, 2) == pytest.approx(exact, abs=0.02)
     per_pixel = metrics.gaussian_log_likelihood(truth_patch.reshape(2, 2), samples.mean(0), samples.std(0, ddof=1))
     assert metrics.patch_log_likelihood(truth_patch.reshape(2, 2), samples, 1) == pytest.approx(per_pixel, abs=1e-4)
+
+
+def test_masked_scores_leave_the_outside_out():
+    """Scored inside a mask, the metrics equal those of the pixels (and whole 2x2 patches)
+    inside it, however wrong the outside is: a field of view's unmeasured corners drop out."""
+    from ctbayes.uncertainty import uncertainty_metrics
+
+    rng = np.random.default_rng(3)
+    samples = rng.normal(size=(500, 4, 6))
+    mean, std = samples.mean(0), samples.std(0, ddof=1)
+    truth = rng.normal(size=(4, 6))
+    truth[:, 3:] += 50.0  # far outside every interval
+    mask = np.zeros((4, 6), bool)
+    mask[:, :3] = True  # whole 2x2 patches: columns 0-1; column 2 is in no whole patch
+    scores = uncertainty_metrics(truth, mean, std, samples, mask=mask)
+    assert scores["log_likelihood"] == pytest.approx(
+        norm.logpdf(truth[:, :3], mean[:, :3], std[:, :3]).mean())
+    assert scores["patch_log_likelihood_2"] == pytest.approx(
+        metrics.patch_log_likelihood(truth[:, :2], samples[..., :2], 2))
+    assert scores["coverage_95"] == pytest.approx(metrics.coverage(
+        truth[:, :3], mean[:, :3], std[:, :3])[0.95])
+    assert uncertainty_metrics(truth, mean, std, samples)["coverage_95"] <= 0.5

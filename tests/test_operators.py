@@ -80,6 +80,22 @@ def test_line_integral_of_a_constant_image():
     np.testing.assert_allclose(y[:, 2:-2], side, rtol=1e-5)
 
 
+def test_field_of_view_is_the_circle_the_fan_covers():
+    """A fan beam whose detector is narrower than the grid sees the disc of radius
+    SOD * sin(atan(half detector width / SDD)); a wide parallel beam sees every pixel."""
+    size, sod, sdd, det_count = 32, 40.0, 80.0, 24
+    g = Geometry(beam="fanflat", angles=np.linspace(0, 2 * np.pi, 90, endpoint=False),
+                 det_count=det_count, image_shape=(size, size), source_origin=sod,
+                 origin_detector=sdd - sod)
+    radius = sod * np.sin(np.arctan(det_count / 2 / sdd))  # 11.7 pixels: the corners are out
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(xx, yy)
+    for backend in BACKENDS:
+        seen = make_ray_transform(g, backend).field_of_view()
+        assert seen[r < radius - 1].all() and not seen[r > radius + 1].any()
+    assert make_ray_transform(small_geometry("parallel"), "sparse").field_of_view().all()
+
+
 def test_norm_estimate_matches_svd():
     g = small_geometry("parallel", size=16, views=8)
     A = make_ray_transform(g, "sparse")

@@ -47,6 +47,31 @@ def test_metrics_of_a_known_gaussian():
     assert small["coverage_90"] < 0.5 and small["log_likelihood"] < scores["log_likelihood"]
 
 
+def test_heldout_views_are_scored_with_the_exact_predictive():
+    """Samples of a known Gaussian image posterior N(mu, L L^T): the held-out views' scores
+    equal those under the exact predictive std sqrt(diag(A L L^T A^T) + s2), whose intervals
+    cover a draw from the model at the nominal rates; a noise variance 10x too small does not."""
+    rng = np.random.default_rng(4)
+    geometry = default_geometry(32, "parallel", views=12)
+    A = make_ray_transform(geometry, "sparse")
+    dense = np.asarray(A.matrix.todense(), np.float64)
+    yy, xx = np.mgrid[:32, :32] / 32
+    basis = np.stack([np.cos(np.pi * (i * xx + j * yy)) for i in range(5) for j in range(5)])
+    L = 0.05 * basis.reshape(25, -1).T  # (pixels, 25): smooth, correlated uncertainty
+    mu = make_phantom("shepp-logan", 32).ravel()
+    s2 = float(np.median(np.diag(dense @ L @ L.T @ dense.T)))  # noise as large as the rest
+    exact_std = np.sqrt(np.diag(dense @ L @ L.T @ dense.T) + s2)
+    samples = (mu + rng.normal(size=(20000, 25)) @ L.T).reshape(-1, 32, 32)
+    x_true = mu + L @ rng.normal(size=25)
+    y = dense @ x_true + np.sqrt(s2) * rng.normal(size=dense.shape[0])
+    scores = uncertainty.heldout_view_metrics(A, y.reshape(geometry.sinogram_shape), samples, s2)
+    exact = uncertainty.uncertainty_metrics(y, dense @ mu, exact_std)
+    assert scores["log_likelihood"] == pytest.approx(exact["log_likelihood"], abs=0.02)
+    assert abs(scores["coverage_90"] - 0.9) < 0.05
+    assert uncertainty.heldout_view_metrics(A, y.reshape(geometry.sinogram_shape), samples,
+                                            s2 / 10)["coverage_90"] < 0.75
+
+
 def test_bad_uncertainty_settings():
     for bad in (dict(method="bogus"), dict(samples=1), dict(save_samples=200),
                 dict(dropout=0.0)):

@@ -98,6 +98,19 @@ class RayTransform:
         x, _ = jax.lax.scan(step, x / jnp.linalg.norm(x), None, length=iterations)
         return float(jnp.linalg.norm(self(x)))
 
+    def field_of_view(self, chunk: int = 16) -> np.ndarray:
+        """The pixels that every view sees: True where each view's backprojection of ones is
+        positive. Outside it (the corners of a fan beam whose detector does not cover the
+        grid) a pixel is missed by some views, and nothing at all constrains it."""
+        views = self.range_shape[0]
+        seen = np.ones(self.domain_shape, bool)
+        for start in range(0, views, chunk):  # one-hot sinograms, `chunk` views at a time
+            block = np.arange(start, min(start + chunk, views))
+            onehot = np.zeros((len(block),) + tuple(self.range_shape), self.dtype)
+            onehot[np.arange(len(block)), block] = 1
+            seen &= (np.asarray(self.T(onehot)) > 0).all(0)
+        return seen
+
 
 def make_ray_transform(geometry: Geometry, backend: str = "auto", projector: str | None = None,
                        use_cuda: bool | None = None) -> RayTransform:

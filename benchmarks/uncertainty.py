@@ -7,57 +7,107 @@ to the DIP fit time (target for Laplace at 128x128: at most 2), the per-pixel Ga
 log-likelihood, the 2x2 patch log-likelihood and the coverage of the 50/90/95% intervals.
 The homoscedastic baseline is the best constant std chosen with hindsight around the
 Laplace run's image. Simulated scans are scored against their ground truth; HTC2022 against
-the publisher's full-data FBP after a least-squares scale (there is no truth).
+the publisher's full-data FBP after a least-squares scale (there is no truth), inside the
+object (its filled segmentation, within the scanner's field of view); PSNR over the whole
+image. HTC2022 also gets a check against a real measurement: the 60 views halfway between
+the measured ones are held out, and the posterior predicts them (samples pushed through
+their ray transform, plus the learned noise variance; MC dropout, which has none, gets the
+DIP's residual variance): held-out log-likelihood per ray and 90% coverage.
 
 `--simulated` instead runs a calibration study over fresh 64x64 simulated scans (parallel
 beam, 30 views over 180 degrees): Shepp-Logan and two seeds each of random ellipses and
 random rectangles, each with Gaussian 5% noise and with Poisson noise (1e4 photons), to
-show on which kinds of image the intervals hold, beyond the three shipped scans.
+show on which kinds of image the intervals hold, beyond the three shipped scans. With
+`--off-grid` the phantoms are rendered and projected at 4x the resolution and the truth is
+their 4x4 block means, so the grid cannot represent the measurement exactly, as with a
+real object.
 
     python benchmarks/uncertainty.py [--quick] [--json PATH] [--methods laplace,mcdo,...]
-        [--scans ellipses_128_fanflat,htc2022_ta,...] [--simulated]
+        [--scans ellipses_128_fanflat,htc2022_ta,...] [--simulated [--off-grid]]
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+from scipy import ndimage
+
 from common import SCANS, SHARED_DATA, parse_args, report
 
 from ctbayes import metrics
 from ctbayes.io import read_scan
+from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
 from ctbayes.simulate import default_geometry, simulate_scan
-from ctbayes.uncertainty import UncertaintyConfig, uncertainty_metrics
+from ctbayes.uncertainty import UncertaintyConfig, heldout_view_metrics, uncertainty_metrics
 
 
-def htc_scan(image_size: int):
+HTC_NAME = "htc2022_ta 60 views/360"
+
+
+def htc_scans(image_size: int):
+    """HTC2022 `ta`: every 12th of its 720 views, and the 60 views halfway between them,
+    held out to be predicted. Empty where the data is absent."""
     path = SHARED_DATA / "htc2022" / "htc2022_ta_full.mat"
     if not path.exists():
         print(f"skipping HTC2022: {path} is not present")
-        return []
+        return [], {}
     from ctbayes.io.importers import import_scan
 
-    return [("htc2022_ta 60 views/360", import_scan(path, every=12, image_size=image_size))]
+    full = import_scan(path, image_size=image_size)
+    views = np.arange(0, full.geometry.num_views, 12)
+    return [(HTC_NAME, full.subset(views))], {HTC_NAME: full.subset(views + 6)}
 
 
-def simulated_scans(size: int = 64):
-    """The calibration study's scans: phantoms x noise models, seeds apart from the shipped."""
+def simulated_scans(size: int = 64, off_grid: bool = False):
+    """The calibration study's scans: phantoms x noise models, seeds apart from the shipped.
+
+    off_grid: render each phantom at 4x the resolution and project it there; the truth is
+    its 4x4 block means. Edges then cut through pixels, as a real object's do, and the
+    reconstruction grid cannot represent the measurement exactly (no inverse crime)."""
     phantoms = [("shepp-logan", 0), ("ellipses", 3), ("ellipses", 4), ("rectangles", 3),
                 ("rectangles", 4)]
     geometry = default_geometry(size, "parallel", views=30)
-    return [(f"{name} {seed} {noise}", simulate_scan(make_phantom(name, size, seed), geometry,
-                                                     noise=noise, seed=seed))
-            for name, seed in phantoms for noise in ("gaussian", "poisson")]
+    scans = []
+    for name, seed in phantoms:
+        for noise in ("gaussian", "poisson"):
+            if off_grid:
+                fine = make_phantom(name, 4 * size, seed)
+                scan = simulate_scan(fine, geometry.with_image(fine.shape), noise=noise,
+                                     seed=seed, supersample=1)
+                scan = dataclasses.replace(scan, geometry=geometry, ground_truth=fine.reshape(
+                    size, 4, size, 4).mean((1, 3)))
+            else:
+                scan = simulate_scan(make_phantom(name, size, seed), geometry, noise=noise,
+                                     seed=seed)
+            scans.append((f"{name} {seed} {noise}", scan))
+    return scans
 
 
 def truth_for(scan, image):
-    """The ground truth, or the reference FBP brought to the image's scale."""
+    """(truth, mask): the ground truth, scored everywhere, or the reference FBP brought to
+    the image's scale, scored inside the object: the filled reference segmentation, within
+    the field of view. In the air around the object the reference holds only its own
+    artefacts (up to a fifth of the disc's value near the edge of the field of view, where
+    the air is 0), and outside the field of view nothing was measured."""
     if scan.ground_truth is not None:
-        return scan.ground_truth
+        return scan.ground_truth, None
     reference = scan.references["fbp"]
-    return reference / metrics.fit_scale(image, reference)
+    inside = make_ray_transform(scan.geometry).field_of_view()
+    if "segmentation" in scan.references:
+        inside &= ndimage.binary_fill_holes(scan.references["segmentation"] > 0.5)
+    return reference / metrics.fit_scale(image, reference), inside
+
+
+def predictive_noise_variance(result, scan) -> float:
+    """The noise variance the posterior learned, or (MC dropout has none) the mean square
+    of the DIP's residual on the measured views."""
+    if "noise_variance" in result.hyperparameters:
+        return result.hyperparameters["noise_variance"]
+    residual = np.asarray(make_ray_transform(scan.geometry)(result.mean)) - scan.sinogram
+    return float(np.mean(residual ** 2))
 
 
 def extra(parser):
@@ -68,18 +118,23 @@ def extra(parser):
                              "default: all")
     parser.add_argument("--simulated", action="store_true",
                         help="calibration study on fresh simulated 64x64 scans instead")
+    parser.add_argument("--off-grid", action="store_true",
+                        help="with --simulated: phantoms rendered and projected at 4x the "
+                             "resolution, truth = their 4x4 block means")
 
 
 def main():
     args = parse_args(__doc__.splitlines()[0], extra)
     methods = args.methods.split(",")
+    heldout = {}
     wanted = None if args.scans is None else {s.strip() for s in args.scans.split(",")}
     if args.simulated:
-        scans = simulated_scans()
+        scans = simulated_scans(off_grid=args.off_grid)
     else:
         scans = [(p.stem, read_scan(p)) for p in SCANS if wanted is None or p.stem in wanted]
         if wanted is None or "htc2022_ta" in wanted:
-            scans += htc_scan(64 if args.quick else 128)
+            htc, heldout = htc_scans(64 if args.quick else 128)
+            scans += htc
     rows = []
     for name, scan in scans:
         for method in methods:
@@ -97,21 +152,33 @@ def main():
                    "sampling_s": t["uncertainty_sampling"],
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
-            truth = truth_for(scan, result.mean)
-            scores = uncertainty_metrics(truth, result.mean, result.std, result.samples)
+            truth, mask = truth_for(scan, result.mean)
+            scores = uncertainty_metrics(truth, result.mean, result.std, result.samples, mask)
             row |= {"psnr": metrics.psnr(result.mean, truth),
                     "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
                     "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
                     "cov95": scores["coverage_95"]}
+            held = None
+            if name in heldout:  # predict the views between the measured ones
+                held_scan = heldout[name]
+                held = heldout_view_metrics(make_ray_transform(held_scan.geometry),
+                                            held_scan.sinogram, result.samples,
+                                            predictive_noise_variance(result, scan))
+                row |= {"heldout_ll": held["log_likelihood"], "heldout_cov90": held["coverage_90"]}
             rows.append(row)
             print(row, flush=True)
             if method == "laplace":  # the homoscedastic baseline around the same image
-                constant = metrics.best_constant_std(truth, result.mean)
-                flat = uncertainty_metrics(truth, result.mean, result.std * 0 + constant)
-                rows.append({"scan": name, "size": result.mean.shape[0],
-                             "method": "constant std (hindsight)", "psnr": row["psnr"],
-                             "ll": flat["log_likelihood"], "cov50": flat["coverage_50"],
-                             "cov90": flat["coverage_90"], "cov95": flat["coverage_95"]})
+                inside = (slice(None),) if mask is None else mask
+                constant = metrics.best_constant_std(truth[inside], result.mean[inside])
+                flat = uncertainty_metrics(truth, result.mean, result.std * 0 + constant,
+                                           mask=mask)
+                baseline = {"scan": name, "size": result.mean.shape[0],
+                            "method": "constant std (hindsight)", "psnr": row["psnr"],
+                            "ll": flat["log_likelihood"], "cov50": flat["coverage_50"],
+                            "cov90": flat["coverage_90"], "cov95": flat["coverage_95"]}
+                if held is not None:
+                    baseline["heldout_ll"] = held["log_likelihood_constant_std"]
+                rows.append(baseline)
     report(rows, args.json, "Uncertainty: seconds (DIP fit, posterior fit, sampling), ratio of "
                             "uncertainty to DIP time; test log-likelihood per pixel; coverage")
 

@@ -194,6 +194,8 @@ def test_laplace_is_calibrated_on_fresh_simulated_scans(phantom, seed, noise):
 def test_notebook_runs_in_quick_mode():
     notebook, text = run_quick_notebook("uncertainty_maps.ipynb", timeout=600)
     assert "laplace  PSNR" in text and "mcdo     PSNR" in text
+    if (ROOT.parent / "shared" / "data" / "htc2022" / "htc2022_ta_full.mat").exists():
+        assert "inside the object" in text and "the 60 held-out views" in text
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells
                  if c.cell_type == "code" for o in c.get("outputs", []))
     assert images >= 2

@@ -203,4 +203,3 @@ def heldout_view_metrics(A_heldout, y_heldout, samples, noise_variance: float) -
     mean = projected.mean(0)
     std = np.sqrt(projected.var(0, ddof=1) + float(noise_variance))
     return uncertainty_metrics(np.asarray(y_heldout, np.float64), mean, std)
-

@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson", "none"])
     sim.add_argument("--noise-level", type=float, default=0.05, help="Gaussian std relative to mean |Ax|")
     sim.add_argument("--photons", type=float, default=1e4, help="incident photons per pixel (Poisson)")
-    sim.add_argument("--supersample", type=int, default=2, help="project a finer phantom (avoids the inverse crime)")
+    sim.add_argument("--supersample", type=int, default=2, help="project a pixel-replicated copy this many times finer (a projector other than the reconstruction's)")
     sim.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -2,8 +2,10 @@
 
 The sinogram is computed from a `supersample`-times finer copy of the image (pixel
 replication) so that the data do not come from the very operator a reconstruction inverts
-(the "inverse crime"). Projection uses ASTRA's CPU projectors, so that a scan is reproducible
-bit for bit from its seed on any machine, with or without a GPU.
+(the "inverse crime"), or from an image given k times finer than the grid, whose block means
+are then the truth, so that no grid image reproduces the data exactly. Projection uses
+ASTRA's CPU projectors, so that a scan is reproducible bit for bit from its seed on any
+machine, with or without a GPU.
 """
 
 from __future__ import annotations
@@ -78,14 +80,16 @@ def simulate_scan(image, geometry: Geometry, noise: str = "gaussian", noise_leve
     - "none": the exact projection; noise_std is 0.
     supersample: project a supersample-times finer, pixel-replicated copy of the image; 1
     projects on the image's own grid.
+
+    The image may also be given at k times the geometry's resolution (k >= 2, e.g. a phantom
+    rendered finer): it is projected as it is, and the ground truth is its k x k block means.
+    Edges then cut through pixels as a real object's do, and no image on the grid reproduces
+    the measurement exactly (no inverse crime); supersample is then not used.
     """
     if geometry.beam not in SIM_BEAMS:
         raise InputError(f"Simulation supports the beams {', '.join(SIM_BEAMS)}, got {geometry.beam!r}.")
     image = np.asarray(image, dtype=np.float32)
-    if image.shape != geometry.image_shape:
-        raise InputError(
-            f"The image has shape {image.shape} but the geometry expects {geometry.image_shape}."
-        )
+    factor = _resolution_factor(image.shape, geometry.image_shape)
     if not np.all(np.isfinite(image)):
         raise InputError("The image contains NaN or infinite values.")
     if noise not in NOISE_MODELS:
@@ -97,8 +101,12 @@ def simulate_scan(image, geometry: Geometry, noise: str = "gaussian", noise_leve
     _check_int("random seed", seed, 0)
     _check_int("supersampling factor", supersample, 1)
 
-    fine = np.repeat(np.repeat(image, supersample, axis=0), supersample, axis=1)
-    fine_geometry = geometry.with_image(fine.shape) if supersample > 1 else geometry
+    if factor > 1:  # a finer image: project it as it is, the truth is its block means
+        fine, (rows, cols) = image, geometry.image_shape
+        image = fine.reshape(rows, factor, cols, factor).mean((1, 3))
+    else:
+        fine = np.repeat(np.repeat(image, supersample, axis=0), supersample, axis=1)
+    fine_geometry = geometry.with_image(fine.shape) if fine.shape != image.shape else geometry
     transform = make_ray_transform(fine_geometry, backend="astra", use_cuda=False)
     clean = np.asarray(transform(fine))
     rng = np.random.default_rng([_NOISE_STREAM, int(seed)])
@@ -116,6 +124,18 @@ def simulate_scan(image, geometry: Geometry, noise: str = "gaussian", noise_leve
         sinogram = -np.log(np.maximum(counts, 1) / photons) / mu
         noise_std = float(np.sqrt(np.mean(np.exp(projection) / photons)) / mu)
     return Scan(sinogram=sinogram, geometry=geometry, ground_truth=image, noise_std=noise_std)
+
+
+def _resolution_factor(shape, grid) -> int:
+    """k where an image of `shape` is k times finer than the 2D `grid` (1: the grid itself)."""
+    if len(shape) == 2 and len(grid) == 2 and shape[0] % grid[0] == 0:
+        k = shape[0] // grid[0]
+        if k >= 1 and tuple(shape) == (k * grid[0], k * grid[1]):
+            return k
+    raise InputError(
+        f"The image has shape {tuple(shape)} but the geometry expects {tuple(grid)} "
+        f"or an integer multiple of it."
+    )
 
 
 def _even(width: float) -> int:

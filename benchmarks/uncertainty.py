@@ -115,6 +115,8 @@ def extra(parser):
 
 def main():
     args = parse_args(__doc__.splitlines()[0], extra)
+    if args.off_grid and not args.simulated:
+        raise SystemExit("--off-grid changes the --simulated study; give both.")
     methods = args.methods.split(",")
     heldout = {}
     wanted = None if args.scans is None else {s.strip() for s in args.scans.split(",")}

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
 
 from common import SCANS, SHARED_DATA, parse_args, report
 
@@ -41,7 +40,8 @@ from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
 from ctbayes.simulate import default_geometry, simulate_scan
-from ctbayes.uncertainty import UncertaintyConfig, heldout_view_metrics, uncertainty_metrics
+from ctbayes.uncertainty import (UncertaintyConfig, heldout_view_metrics, scoring_target,
+                                 uncertainty_metrics)
 
 
 HTC_NAME = "htc2022_ta 60 views/360"
@@ -74,21 +74,6 @@ def simulated_scans(size: int = 64, off_grid: bool = False):
     return [(f"{name} {seed} {noise}", simulate_scan(make_phantom(name, rendered, seed),
                                                      geometry, noise=noise, seed=seed))
             for name, seed in phantoms for noise in ("gaussian", "poisson")]
-
-
-def truth_for(scan, image):
-    """(truth, mask): the ground truth, scored everywhere, or the reference FBP brought to
-    the image's scale, scored inside the object: the filled reference segmentation, within
-    the field of view. In the air around the object the reference holds only its own
-    artefacts (up to a fifth of the disc's value near the edge of the field of view, where
-    the air is 0), and outside the field of view nothing was measured."""
-    if scan.ground_truth is not None:
-        return scan.ground_truth, None
-    reference = scan.references["fbp"]
-    inside = make_ray_transform(scan.geometry).field_of_view()
-    if "segmentation" in scan.references:
-        inside &= ndimage.binary_fill_holes(scan.references["segmentation"] > 0.5)
-    return reference / metrics.fit_scale(image, reference), inside
 
 
 def predictive_noise_variance(result, scan) -> float:
@@ -144,7 +129,7 @@ def main():
                    "sampling_s": t["uncertainty_sampling"],
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
-            truth, mask = truth_for(scan, result.mean)
+            truth, mask = scoring_target(scan, result.mean)
             scores = uncertainty_metrics(truth, result.mean, result.std, result.samples, mask)
             row |= {"psnr": metrics.psnr(result.mean, truth),
                     "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),

@@ -194,6 +194,25 @@ def uncertainty_metrics(truth, mean, std, samples=None, mask=None) -> dict:
     return result
 
 
+def scoring_target(scan, image):
+    """(truth, mask) to score an image of `scan` against: its ground truth, everywhere (mask
+    None); or, for real data, its reference FBP brought to the image's scale by least
+    squares, inside the object: the reference segmentation with its holes filled (where
+    there is one), within the field of view. In the air around the object a reference holds
+    only its own artefacts, and outside the field of view nothing was measured."""
+    if scan.ground_truth is not None:
+        return scan.ground_truth, None
+    from scipy import ndimage
+
+    from ctbayes.operators import make_ray_transform
+
+    reference = scan.references["fbp"]
+    inside = make_ray_transform(scan.geometry).field_of_view()
+    if "segmentation" in scan.references:
+        inside &= ndimage.binary_fill_holes(scan.references["segmentation"] > 0.5)
+    return reference / metrics.fit_scale(image, reference), inside
+
+
 def heldout_view_metrics(A_heldout, y_heldout, samples, noise_variance: float) -> dict:
     """Scores for predicting measured views that the fit never saw: each held-out ray gets
     the Gaussian with the mean and variance of A_heldout x over the posterior samples, plus

@@ -47,6 +47,30 @@ def test_metrics_of_a_known_gaussian():
     assert small["coverage_90"] < 0.5 and small["log_likelihood"] < scores["log_likelihood"]
 
 
+def test_real_scans_are_scored_inside_the_object_in_the_field_of_view():
+    """No truth: the reference is brought to the image's scale, and only the pixels of the
+    object (the segmentation with its hole filled) that every view sees are scored."""
+    from ctbayes.geometry import Geometry
+    from ctbayes.scan import Scan
+
+    size = 32
+    g = Geometry(beam="fanflat", angles=np.linspace(0, 2 * np.pi, 90, endpoint=False),
+                 det_count=24, image_shape=(size, size), source_origin=40.0, origin_detector=40.0)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(xx, yy)
+    ring = ((r < 14) & (r > 4)).astype(np.float32)  # an object with a hole, wider than the view
+    image = 0.5 * ring
+    scan = Scan(sinogram=np.zeros(g.sinogram_shape, np.float32), geometry=g,
+                references={"fbp": 3.0 * image, "segmentation": ring})
+    truth, mask = uncertainty.scoring_target(scan, image)
+    np.testing.assert_allclose(truth, image, rtol=1e-6)
+    seen = make_ray_transform(g).field_of_view()
+    np.testing.assert_array_equal(mask, seen & (r < 14))
+    assert mask[r < 4].all() and not mask[r > 12.7].any()  # hole in, beyond the view out
+    simulated = simulate_scan(image, default_geometry(size), noise="none")
+    assert uncertainty.scoring_target(simulated, image)[1] is None
+
+
 def test_heldout_views_are_scored_with_the_exact_predictive():
     """Samples of a known Gaussian image posterior N(mu, L L^T): the held-out views' scores
     equal those under the exact predictive std sqrt(diag(A L L^T A^T) + s2), whose intervals

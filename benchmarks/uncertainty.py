@@ -18,9 +18,9 @@ DIP's residual variance): held-out log-likelihood per ray and 90% coverage.
 beam, 30 views over 180 degrees): Shepp-Logan and two seeds each of random ellipses and
 random rectangles, each with Gaussian 5% noise and with Poisson noise (1e4 photons), to
 show on which kinds of image the intervals hold, beyond the three shipped scans. With
-`--off-grid` the phantoms are rendered and projected at 4x the resolution and the truth is
-their 4x4 block means, so the grid cannot represent the measurement exactly, as with a
-real object.
+`--off-grid` the phantoms are rendered at 4x the resolution and measured there by detector
+bins that integrate over their width, and the truth is their 4x4 block means, so the grid
+cannot represent the measurement exactly, as with a real object.
 
     python benchmarks/uncertainty.py [--quick] [--json PATH] [--methods laplace,mcdo,...]
         [--scans ellipses_128_fanflat,htc2022_ta,...] [--simulated [--off-grid]]
@@ -64,8 +64,8 @@ def htc_scans(image_size: int):
 def simulated_scans(size: int = 64, off_grid: bool = False):
     """The calibration study's scans: phantoms x noise models, seeds apart from the shipped.
 
-    off_grid: render each phantom at 4x the resolution and project it there; the truth is
-    its 4x4 block means. Edges then cut through pixels, as a real object's do, and the
+    off_grid: render each phantom at 4x the resolution and measure it there with detector
+    bins of finite width (`simulate_scan`); the truth is its 4x4 block means. Edges then cut through pixels, as a real object's do, and the
     reconstruction grid cannot represent the measurement exactly (no inverse crime)."""
     phantoms = [("shepp-logan", 0), ("ellipses", 3), ("ellipses", 4), ("rectangles", 3),
                 ("rectangles", 4)]

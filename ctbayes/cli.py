@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--noise-level", type=float, default=0.05, help="Gaussian std relative to mean |Ax|")
     sim.add_argument("--photons", type=float, default=1e4, help="incident photons per pixel (Poisson)")
     sim.add_argument("--supersample", type=int, default=2, help="project a pixel-replicated copy this many times finer (a projector other than the reconstruction's)")
+    sim.add_argument("--render", type=int, default=1, help="render the phantom this many times finer and measure it there with detector bins of finite width; the truth is its block means (no inverse crime; --supersample is then unused)")
     sim.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -186,7 +187,9 @@ def _simulate(args):
     arc = args.arc if args.arc is not None else (180.0 if args.beam == "parallel" else 360.0)
     geometry = default_geometry(args.size, beam=args.beam, views=args.views, arc_degrees=arc,
                                 det_count=args.det_count)
-    image = make_phantom(args.phantom, args.size, args.seed)
+    if not 1 <= args.render <= 16:
+        raise InputError(f"--render must be between 1 and 16, got {args.render}.")
+    image = make_phantom(args.phantom, args.size * args.render, args.seed)
     scan = simulate_scan(image, geometry, noise=args.noise, noise_level=args.noise_level,
                          photons=args.photons, seed=args.seed, supersample=args.supersample)
     write_scan(scan, args.output)

@@ -94,8 +94,9 @@ def extra(parser):
     parser.add_argument("--simulated", action="store_true",
                         help="calibration study on fresh simulated 64x64 scans instead")
     parser.add_argument("--off-grid", action="store_true",
-                        help="with --simulated: phantoms rendered and projected at 4x the "
-                             "resolution, truth = their 4x4 block means")
+                        help="with --simulated: phantoms rendered at 4x the resolution and "
+                             "measured there by finite-width detector bins, truth = their "
+                             "4x4 block means")
 
 
 def main():

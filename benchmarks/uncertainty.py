@@ -65,8 +65,9 @@ def simulated_scans(size: int = 64, off_grid: bool = False):
     """The calibration study's scans: phantoms x noise models, seeds apart from the shipped.
 
     off_grid: render each phantom at 4x the resolution and measure it there with detector
-    bins of finite width (`simulate_scan`); the truth is its 4x4 block means. Edges then cut through pixels, as a real object's do, and the
-    reconstruction grid cannot represent the measurement exactly (no inverse crime)."""
+    bins of finite width (`simulate_scan`); the truth is its 4x4 block means. Edges then cut
+    through pixels, as a real object's do, and the reconstruction grid cannot represent the
+    measurement exactly (no inverse crime)."""
     phantoms = [("shepp-logan", 0), ("ellipses", 3), ("ellipses", 4), ("rectangles", 3),
                 ("rectangles", 4)]
     geometry = default_geometry(size, "parallel", views=30)

@@ -19,14 +19,12 @@ import numpy as np
 from ctbayes.errors import InputError
 from ctbayes.geometry import Geometry
 from ctbayes.operators import make_ray_transform
+from ctbayes.operators.astra_backend import BIN_INTEGRATING_PROJECTOR
 from ctbayes.scan import Scan
 
 NOISE_MODELS = ("gaussian", "poisson", "none")
 SIM_BEAMS = ("parallel", "fanflat")
 POISSON_MAX_ATTENUATION = 3.0  # largest attenuation line integral in a Poisson simulation
-# a detector bin integrates the projection over its width: a finer image is projected with
-# these (exact strip integrals of its pixels) rather than with one thin ray per bin
-BIN_INTEGRATING_PROJECTOR = {"parallel": "strip", "fanflat": "strip_fanflat"}
 _NOISE_STREAM = 1  # keeps noise draws independent of a phantom drawn from the same seed
 
 

@@ -94,6 +94,15 @@ def test_field_of_view_is_the_circle_the_fan_covers():
         seen = make_ray_transform(g, backend).field_of_view()
         assert seen[r < radius - 1].all() and not seen[r > radius + 1].any()
     assert make_ray_transform(small_geometry("parallel"), "sparse").field_of_view().all()
+    # A detector wide enough for the grid, whose thin rays are 1.125 pixels apart on the fan's
+    # far side: 6% of the pixels fall between two rays of some view, but every bin's strip
+    # covers them, so all are in the field of view.
+    wide = small_geometry("fanflat", views=60)
+    radius = wide.source_origin * np.sin(np.arctan(wide.det_count * wide.det_spacing / 2 / (
+        wide.source_origin + wide.origin_detector)))
+    assert radius > np.hypot(size / 2, size / 2)  # 23.6 > 22.6: the corners are inside
+    for backend in BACKENDS:
+        assert make_ray_transform(wide, backend).field_of_view().all()
 
 
 def test_norm_estimate_matches_svd():

@@ -38,6 +38,11 @@ def cuda_available() -> bool:
         return False
 
 
+# a detector bin integrates the projection over its width: these CPU projectors give the
+# exact strip integral of each pixel over a bin, where the defaults trace one thin ray per bin
+BIN_INTEGRATING_PROJECTOR = {"parallel": "strip", "fanflat": "strip_fanflat"}
+
+
 def resolve_projector(geometry: Geometry, projector: str | None, use_cuda: bool | None) -> str:
     """Pick and check the ASTRA projector type for a geometry ("cuda"/"cuda3d" on a GPU)."""
     if use_cuda is None:

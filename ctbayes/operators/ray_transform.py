@@ -101,14 +101,22 @@ class RayTransform:
     def field_of_view(self, chunk: int = 16) -> np.ndarray:
         """The pixels that every view sees: True where each view's backprojection of ones is
         positive. Outside it (the corners of a fan beam whose detector does not cover the
-        grid) a pixel is missed by some views, and nothing at all constrains it."""
+        grid) a pixel is missed by some views, and nothing at all constrains it.
+
+        A 2D geometry is probed with ASTRA's strip projectors, which cover each bin's whole
+        width: thin rays spaced wider than a pixel (a fan's far side) pass between pixels that
+        the detector does see. A 3D geometry is probed with this transform itself.
+        """
+        strip = astra_backend.BIN_INTEGRATING_PROJECTOR.get(self.geometry.beam)
+        probe = self if strip is None else make_ray_transform(self.geometry, "astra", strip,
+                                                              use_cuda=False)
         views = self.range_shape[0]
         seen = np.ones(self.domain_shape, bool)
         for start in range(0, views, chunk):  # one-hot sinograms, `chunk` views at a time
             block = np.arange(start, min(start + chunk, views))
             onehot = np.zeros((len(block),) + tuple(self.range_shape), self.dtype)
             onehot[np.arange(len(block)), block] = 1
-            seen &= (np.asarray(self.T(onehot)) > 0).all(0)
+            seen &= (np.asarray(probe.T(onehot)) > 0).all(0)
         return seen
 
 

@@ -98,9 +98,9 @@ def test_field_of_view_is_the_circle_the_fan_covers():
     # far side: 6% of the pixels fall between two rays of some view, but every bin's strip
     # covers them, so all are in the field of view.
     wide = small_geometry("fanflat", views=60)
-    radius = wide.source_origin * np.sin(np.arctan(wide.det_count * wide.det_spacing / 2 / (
+    wide_radius = wide.source_origin * np.sin(np.arctan(wide.det_count * wide.det_spacing / 2 / (
         wide.source_origin + wide.origin_detector)))
-    assert radius > np.hypot(size / 2, size / 2)  # 23.6 > 22.6: the corners are inside
+    assert wide_radius > np.hypot(size / 2, size / 2)  # 23.6 > 22.6: the corners are inside
     for backend in BACKENDS:
         assert make_ray_transform(wide, backend).field_of_view().all()
 

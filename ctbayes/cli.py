@@ -13,6 +13,7 @@ from pathlib import Path
 from ctbayes import __version__
 from ctbayes.dip.fit import DIPConfig
 from ctbayes.errors import InputError
+from ctbayes.io.atomic import prepare_output_directory, prepare_output_file
 from ctbayes.laplace.priors import PRIOR_KINDS
 from ctbayes.uncertainty import METHODS as UNCERTAINTY
 from ctbayes.uncertainty import UncertaintyConfig
@@ -119,7 +120,9 @@ def _reconstruct(args):
     from ctbayes.results import default_output, write_result
 
     scan = read_scan(args.scan)
-    output = args.output or default_output(args.scan)
+    output = prepare_output_file(args.output or default_output(args.scan), "result file")
+    if args.figures:
+        prepare_output_directory(args.figures)
     dip = DIPConfig(iterations=args.iterations, lr=args.lr, channels=args.channels,
                     skip_channels=args.skip_channels, scales=args.scales, seed=args.seed,
                     checkpoint_every=args.checkpoint_every,
@@ -172,6 +175,7 @@ def _import(args):
     from ctbayes.io.importers import import_scan
 
     options = {k: getattr(args, k) for k in ("every", "angle_range", "binning", "image_size", "row", "center")}
+    prepare_output_file(args.output, "scan file")
     scan = import_scan(args.source, **{k: v for k, v in options.items() if v is not None})
     write_scan(scan, args.output)
     print(f"wrote {args.output}: {scan.geometry.describe()}")
@@ -189,6 +193,7 @@ def _simulate(args):
                                 det_count=args.det_count)
     if not 1 <= args.render <= 16:
         raise InputError(f"--render must be between 1 and 16, got {args.render}.")
+    prepare_output_file(args.output, "scan file")
     image = make_phantom(args.phantom, args.size * args.render, args.seed)
     scan = simulate_scan(image, geometry, noise=args.noise, noise_level=args.noise_level,
                          photons=args.photons, seed=args.seed, supersample=args.supersample)

@@ -40,6 +40,14 @@ class ReconstructConfig:
     dip: DIPConfig = DIPConfig()
     uncertainty: UncertaintyConfig = UncertaintyConfig()
 
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InputError(f"Unknown method {self.method!r}; expected one of {', '.join(METHODS)}.")
+        if self.tv_weight is not None and not self.tv_weight >= 0:
+            raise InputError(f"The TV weight must be a number >= 0, got {self.tv_weight}.")
+        if self.tv_iterations < 1:
+            raise InputError(f"TV needs at least 1 iteration, got {self.tv_iterations}.")
+
 
 def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
                 checkpoint=None, resume: bool = False, progress: bool = False) -> Reconstruction:
@@ -47,8 +55,6 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
 
     checkpoint, resume, progress: for the DIP fit (see `ctbayes.dip.fit.fit_dip`).
     """
-    if config.method not in METHODS:
-        raise InputError(f"Unknown method {config.method!r}; expected one of {', '.join(METHODS)}.")
     timings = {}
     start = time.perf_counter()
     # FBP needs A once (for the residual): not worth assembling a sparse matrix for

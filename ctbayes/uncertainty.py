@@ -78,6 +78,8 @@ class UncertaintyConfig:
             raise InputError("The uncertainty needs at least 2 posterior samples.")
         if not 0 <= self.save_samples <= self.samples:
             raise InputError(f"Cannot save {self.save_samples} samples out of {self.samples}.")
+        if self.em_cycles < 0:
+            raise InputError(f"The EM needs a number of cycles >= 0, got {self.em_cycles}.")
         if not self.em_tol >= 0:
             raise InputError(f"The EM tolerance must be a number >= 0, got {self.em_tol}.")
         if not 0 < self.dropout < 1:

@@ -109,3 +109,50 @@ def test_valid_file_reconstructs(tmp_path, capsys):
     scan_path = _valid(tmp_path / "ok.h5")
     assert main(["reconstruct", str(scan_path), "--method", "fbp"]) == 0
     assert (tmp_path / "ok.ctbayes.h5").exists()
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the command started its work despite a bad setting")
+
+
+BAD_SETTINGS = {  # flags after `reconstruct SCAN`: the error, raised before any reconstruction
+    "output is a directory": (["-o", "{tmp}"], "is a directory; give a file name"),
+    "output under a file": (["-o", "{tmp}/ok.h5/result.h5"], "a file of that name is in the way"),
+    "figures onto a file": (["--figures", "{tmp}/ok.h5"], "a file of that name is in the way"),
+    "negative TV weight": (["--method", "tv", "--tv", "-1"], "TV weight must be a number >= 0"),
+    "no TV iterations": (["--method", "tv", "--tv-iterations", "0"], "at least 1 iteration"),
+    "negative EM cycles": (["--em-cycles", "-1"], "cycles >= 0, got -1"),
+    "negative learning rate": (["--lr", "-1"], "lr must be positive, got -1.0."),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_bad_settings_fail_before_the_work(case, tmp_path, capsys, monkeypatch):
+    import ctbayes.reconstruct
+
+    monkeypatch.setattr(ctbayes.reconstruct, "reconstruct", _must_not_run)
+    scan_path = _valid(tmp_path / "ok.h5")
+    flags, expected = BAD_SETTINGS[case]
+    status = main(["reconstruct", str(scan_path)] + [f.format(tmp=tmp_path) for f in flags])
+    err = capsys.readouterr().err.strip()
+    assert status == 2, err
+    assert expected in err and err.count("\n") == 0 and err.startswith("ctbayes: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]
+
+
+def test_other_commands_check_their_destination_first(tmp_path, capsys, monkeypatch):
+    import ctbayes.design.loop
+    import ctbayes.simulate
+
+    monkeypatch.setattr(ctbayes.design.loop, "run_design", _must_not_run)
+    monkeypatch.setattr(ctbayes.simulate, "simulate_scan", _must_not_run)
+    scan_path = _valid(tmp_path / "ok.h5")
+    for argv, what in ((["simulate", str(tmp_path)], "scan file"),
+                       (["design", str(scan_path), "-o", str(tmp_path), "--initial", "2",
+                         "--acquire", "1"], "design log"),
+                       (["design", str(scan_path), "-o", str(tmp_path / "log.h5"), "--initial",
+                         "2", "--acquire", "1", "--figures", str(scan_path)], "figure directory")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ctbayes: error: ") and what in err and err.count("\n") == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ctbayes.design.acquisition import STRATEGIES
 from ctbayes.errors import InputError
+from ctbayes.io.atomic import prepare_output_directory, prepare_output_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -67,6 +68,9 @@ def run(args) -> int:
     scan = read_scan(args.scan)
     if scan.geometry.is_3d:
         raise InputError(f"{args.scan}: angle design supports 2D scans only.")
+    prepare_output_file(args.output, "design log")
+    if args.figures:
+        prepare_output_directory(args.figures)
     noise = scan.noise_std ** 2 if scan.noise_std else None
     if args.posterior == "gp":
         factory = gp_factory(noise_variance=noise)

@@ -102,24 +102,25 @@ class DIPConfig:
             object.__setattr__(self, name, value)
             if len(value) != self.scales:
                 raise InputError(f"DIP {name} needs one entry per scale ({self.scales}), got {value}.")
-        checks = [
-            (self.iterations >= 0, "iterations must be >= 0"),
-            (self.lr > 0, "lr must be positive"),
-            (self.gamma >= 0, "gamma must be >= 0"),
-            (self.scales >= 1, "scales must be >= 1"),
-            (min(self.channels) >= 1, "channels must be >= 1"),
-            (min(self.skip_channels) >= 0, "skip_channels must be >= 0"),
-            (self.in_channels >= 1, "in_channels must be >= 1"),
-            (0 <= self.dropout < 1, "dropout must lie in [0, 1)"),
-            (self.warm_start_iterations >= 0, "warm_start_iterations must be >= 0"),
-            (self.keep in KEEP_MODES, f"keep must be one of {', '.join(KEEP_MODES)}"),
-            (0 <= self.ema_decay < 1, "ema_decay must lie in [0, 1)"),
-            (self.chunk >= 1, "chunk must be >= 1"),
-            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+        rules = [  # (field, holds, rule)
+            ("iterations", self.iterations >= 0, ">= 0"),
+            ("lr", self.lr > 0, "positive"),
+            ("gamma", self.gamma >= 0, ">= 0"),
+            ("scales", self.scales >= 1, ">= 1"),
+            ("channels", min(self.channels) >= 1, ">= 1"),
+            ("skip_channels", min(self.skip_channels) >= 0, ">= 0"),
+            ("in_channels", self.in_channels >= 1, ">= 1"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("warm_start_iterations", self.warm_start_iterations >= 0, ">= 0"),
+            ("keep", self.keep in KEEP_MODES, f"one of {', '.join(KEEP_MODES)}"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("chunk", self.chunk >= 1, ">= 1"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"Invalid DIP setting: {message} (got {self._as_dict()}).")
+        for name, holds, rule in rules:
+            if not holds:
+                raise InputError(f"Invalid DIP setting: {name} must be {rule}, "
+                                 f"got {getattr(self, name)!r}.")
 
     def _as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

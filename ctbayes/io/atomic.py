@@ -1,4 +1,8 @@
-"""Atomic file writes: a crash never leaves a half-written file that looks whole."""
+"""Atomic file writes: a crash never leaves a half-written file that looks whole.
+
+`prepare_output_file` and `prepare_output_directory` check a destination before a long run,
+so that a path that can never be written fails in seconds rather than after the work.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+from ctbayes.errors import InputError
 
 
 @contextlib.contextmanager
@@ -25,3 +31,32 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def prepare_output_file(path, what: str = "output file") -> Path:
+    """Check that a file can be written at `path`, making its folder; InputError if not."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"The {what} {path} is a directory; give a file name.")
+    _make_directory(path.parent, f"the folder of the {what}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(f"Cannot write the {what} {path}: its folder is not writable.")
+    return path
+
+
+def prepare_output_directory(path, what: str = "figure directory") -> Path:
+    """Make the directory `path` (and its parents) now; InputError if it cannot be made."""
+    path = Path(path)
+    _make_directory(path, f"the {what}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"Cannot write to the {what} {path}: it is not writable.")
+    return path
+
+
+def _make_directory(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"Cannot make {what}, {path}: a file of that name is in the way.") from None
+    except OSError as err:
+        raise InputError(f"Cannot make {what}, {path}: {err.strerror or err}.") from None

@@ -154,5 +154,5 @@ def test_other_commands_check_their_destination_first(tmp_path, capsys, monkeypa
                          "2", "--acquire", "1", "--figures", str(scan_path)], "figure directory")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"ctbayes: error: ") and what in err and err.count("\n") == 0, err
+        assert err.startswith("ctbayes: error: ") and what in err and err.count("\n") == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]

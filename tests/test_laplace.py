@@ -114,7 +114,9 @@ def p16():
 def test_jvp_vjp_match_explicit_jacobian_and_are_adjoint(p16):
     fn, params = p16["fn"], p16["params"]
     fn_flat, theta, _ = linearise.flatten(fn, params)
-    jac = np.asarray(linearise.dense_jacobian(fn_flat, theta))  # jax.jacfwd, (256, d)
+    # (256, d), 7 parameter directions at a time: d is no multiple of 7, so the last batch is short
+    assert theta.size % 7
+    jac = np.asarray(linearise.dense_jacobian(fn_flat, theta, 7))
     v = jax.random.normal(jax.random.key(0), (3, theta.size))
     u = jax.random.normal(jax.random.key(1), (3, 16, 16))
     jv = np.asarray(linearise.jvp(fn, params, v)).reshape(3, -1)
@@ -172,6 +174,16 @@ def test_exact_posterior_matches_dense_gaussian_conditioning(p16):
     ref = -0.5 * r @ np.linalg.solve(crr, r) - 0.5 * logdet - 0.5 * len(r) * np.log(2 * np.pi)
     for form in ("dual", "primal"):
         assert exact.log_marginal_likelihood(dense, v, s2, form) == pytest.approx(ref, rel=1e-8)
+
+
+def test_exact_path_refuses_a_problem_too_large_to_form(p16, monkeypatch):
+    model = p16["model"]
+    pixels, d, m = 256, model.num_params, model.num_data
+    monkeypatch.setattr(exact, "EXACT_MAX_BYTES", 8 * d * (pixels + m) - 1)
+    with pytest.raises(InputError, match=f"{pixels} pixels and {m} data by {d} parameters"):
+        exact.dense_problem(model)
+    monkeypatch.setattr(exact, "EXACT_MAX_BYTES", 8 * d * (pixels + m))
+    assert exact.dense_problem(model).J.shape == (pixels, d)
 
 
 # -- 3. CG with the Nystrom preconditioner ------------------------------------------------------

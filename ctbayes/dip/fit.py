@@ -116,6 +116,7 @@ class DIPConfig:
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
             ("chunk", self.chunk >= 1, ">= 1"),
             ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+            ("seed", 0 <= self.seed < 2 ** 32, "in [0, 2**32)"),
         ]
         for name, holds, rule in rules:
             if not holds:

@@ -28,7 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ctbayes.errors import InputError
 from ctbayes.laplace.linearise import LinearModel, dense_jacobian
+
+EXACT_MAX_BYTES = 2 * 2 ** 30  # dense J and A J in float64; above it use the CG or SGD path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,12 @@ def dense_operator(A) -> np.ndarray:
 
 def dense_problem(model: LinearModel) -> DenseProblem:
     """Form J, A J and the group Gram matrices of a `LinearModel` (small problems only)."""
+    pixels, d, m = int(np.prod(model.image_shape)), model.num_params, model.num_data
+    size = 8 * d * (pixels + m)
+    if size > EXACT_MAX_BYTES:
+        raise InputError(f"The exact solver would form {pixels} pixels and {m} data by {d} "
+                         f"parameters densely ({size / 2 ** 30:.1f} GiB), more than its "
+                         f"{EXACT_MAX_BYTES / 2 ** 30:.0f} GiB limit: use the cg or sgd solver.")
     J = np.asarray(dense_jacobian(model.fn_flat, model.theta), np.float64)
     Phi = dense_operator(model.A) @ J
     index = np.asarray(model.prior.index)

@@ -239,12 +239,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("ctbayes: interrupted.", file=sys.stderr)
         return 130
+    except MemoryError as err:
+        print(f"ctbayes: error: not enough memory ({err}); try a smaller image, network or "
+              f"sample count.", file=sys.stderr)
+        return 1
     except OSError as err:
         print(f"ctbayes: error: {err.strerror or err} ({err.filename or 'file system'}).", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - the CLI promises no raw tracebacks
         if args.debug:
             raise
+        if "RESOURCE_EXHAUSTED" in str(err):  # XLA's out-of-memory
+            print(f"ctbayes: error: not enough memory ({str(err).splitlines()[0]}); try a "
+                  f"smaller image, network or sample count.", file=sys.stderr)
+            return 1
         print(f"ctbayes: internal error: {type(err).__name__}: {err} (rerun with --debug for details).",
               file=sys.stderr)
         return 1

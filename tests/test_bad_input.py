@@ -156,3 +156,20 @@ def test_other_commands_check_their_destination_first(tmp_path, capsys, monkeypa
         err = capsys.readouterr().err.strip()
         assert err.startswith("ctbayes: error: ") and what in err and err.count("\n") == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]
+
+
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 74.5 GiB"),
+                                   RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                                "1030086799552 bytes.\nXLA details")])
+def test_running_out_of_memory_gets_one_sentence(error, tmp_path, capsys, monkeypatch):
+    import ctbayes.reconstruct
+
+    def exhaust(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ctbayes.reconstruct, "reconstruct", exhaust)
+    status = main(["reconstruct", str(_valid(tmp_path / "ok.h5"))])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and err.count("\n") == 0, err
+    assert err.startswith("ctbayes: error: not enough memory (") and "smaller image" in err
+    assert str(error).splitlines()[0] in err

@@ -42,6 +42,19 @@ def _set_attr(name, value):
     return fn
 
 
+def _matlab(path):
+    import scipy.io
+
+    scipy.io.savemat(path, {"CtDataFull": {"sinogram": np.ones((4, 8))}})
+    return path
+
+
+def _dxchange(path):
+    with h5py.File(path, "w") as f:
+        f["exchange/data"] = np.ones((4, 2, 8), np.float32)
+    return path
+
+
 DATA = "entry/instrument/detector/data"
 ANGLES = "entry/sample/rotation_angle"
 
@@ -68,6 +81,10 @@ CORPUS = {
                                                      _set_attr("image_shape", [4, 32, 32])(f),
                                                      _set_attr("source_origin", 100.0)(f),
                                                      _set_attr("origin_detector", 50.0)(f))), "GPU"),
+    "MATLAB file": (lambda p: _matlab(p), "a MATLAB (HTC2022 .mat) file, not an NXtomo scan; "
+                    "convert it first with `ctbayes import"),
+    "Data Exchange file": (lambda p: _dxchange(p), "a Data Exchange file, not an NXtomo scan; "
+                           "convert it first"),
     "directory": (lambda p: p.mkdir() or p, "is a directory"),
     "missing file": (lambda p: p, "no such file"),
 }

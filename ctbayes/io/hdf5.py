@@ -46,15 +46,25 @@ def read_scan(path) -> Scan:
         raise InputError(f"{path}: is a directory, expected an HDF5 scan file.")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty, expected an HDF5 scan file.")
+    with open(path, "rb") as f:
+        if f.read(6) == b"MATLAB":  # v5 or v7.3 (HDF5 behind a MATLAB header)
+            raise InputError(_convert_first(path, "a MATLAB (HTC2022 .mat) file"))
     if not h5py.is_hdf5(path):
         raise InputError(f"{path}: not an HDF5 file (expected an NXtomo scan file).")
     try:
         with h5py.File(path, "r") as f:
+            if DATA not in f and "exchange/data" in f:
+                raise InputError(_convert_first(path, "a Data Exchange file"))
             return _read(f, str(path))
     except InputError:
         raise
     except (OSError, KeyError, RuntimeError) as err:
         raise InputError(f"{path}: the HDF5 file is truncated or corrupt ({err}).") from None
+
+
+def _convert_first(path, kind: str) -> str:
+    return (f"{path}: {kind}, not an NXtomo scan; convert it first with "
+            f"`ctbayes import {path} SCAN.h5`.")
 
 
 def _dataset(f, name, where, required=True):

@@ -227,6 +227,12 @@ def _enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _out_of_memory(detail: str) -> int:
+    print(f"ctbayes: error: not enough memory ({detail}); try a smaller image, network or "
+          "sample count.", file=sys.stderr)
+    return 1
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if argv is None:  # a real command line (tests call main with a list and keep no cache)
@@ -240,9 +246,7 @@ def main(argv=None) -> int:
         print("ctbayes: interrupted.", file=sys.stderr)
         return 130
     except MemoryError as err:
-        print(f"ctbayes: error: not enough memory ({err}); try a smaller image, network or "
-              f"sample count.", file=sys.stderr)
-        return 1
+        return _out_of_memory(str(err))
     except OSError as err:
         print(f"ctbayes: error: {err.strerror or err} ({err.filename or 'file system'}).", file=sys.stderr)
         return 1
@@ -250,9 +254,7 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         if "RESOURCE_EXHAUSTED" in str(err):  # XLA's out-of-memory
-            print(f"ctbayes: error: not enough memory ({str(err).splitlines()[0]}); try a "
-                  f"smaller image, network or sample count.", file=sys.stderr)
-            return 1
+            return _out_of_memory(str(err).splitlines()[0])
         print(f"ctbayes: internal error: {type(err).__name__}: {err} (rerun with --debug for details).",
               file=sys.stderr)
         return 1

@@ -81,9 +81,9 @@ CORPUS = {
                                                      _set_attr("image_shape", [4, 32, 32])(f),
                                                      _set_attr("source_origin", 100.0)(f),
                                                      _set_attr("origin_detector", 50.0)(f))), "GPU"),
-    "MATLAB file": (_matlab, "a MATLAB (HTC2022 .mat) file, not an NXtomo scan; "
+    "MATLAB file": (_matlab, "an HTC2022 .mat file, not an NXtomo scan; "
                     "convert it first with `ctbayes import"),
-    "Data Exchange file": (_dxchange, "a Data Exchange file, not an NXtomo scan; "
+    "Data Exchange file": (_dxchange, "a Data Exchange HDF5 file, not an NXtomo scan; "
                            "convert it first"),
     "directory": (lambda p: p.mkdir() or p, "is a directory"),
     "missing file": (lambda p: p, "no such file"),

@@ -28,9 +28,10 @@ import numpy as np
 from ctbayes.errors import InputError
 from ctbayes.geometry import BEAMS, Geometry
 from ctbayes.io.atomic import atomic_path
+from ctbayes.io.formats import NXTOMO, NXTOMO_DATA, scan_format
 from ctbayes.scan import Scan
 
-DATA = "entry/instrument/detector/data"
+DATA = NXTOMO_DATA
 IMAGE_KEY = "entry/instrument/detector/image_key"
 PIXEL_SIZE = "entry/instrument/detector/x_pixel_size"
 ANGLES = "entry/sample/rotation_angle"
@@ -46,25 +47,30 @@ def read_scan(path) -> Scan:
         raise InputError(f"{path}: is a directory, expected an HDF5 scan file.")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty, expected an HDF5 scan file.")
-    with open(path, "rb") as f:
-        if f.read(6) == b"MATLAB":  # v5 or v7.3 (HDF5 behind a MATLAB header)
-            raise InputError(_convert_first(path, "a MATLAB (HTC2022 .mat) file"))
     if not h5py.is_hdf5(path):
+        _refuse_importable(path)
         raise InputError(f"{path}: not an HDF5 file (expected an NXtomo scan file).")
     try:
         with h5py.File(path, "r") as f:
-            if DATA not in f and "exchange/data" in f:
-                raise InputError(_convert_first(path, "a Data Exchange file"))
-            return _read(f, str(path))
+            if DATA in f:
+                return _read(f, str(path))
     except InputError:
         raise
     except (OSError, KeyError, RuntimeError) as err:
         raise InputError(f"{path}: the HDF5 file is truncated or corrupt ({err}).") from None
+    _refuse_importable(path)
+    raise InputError(f"{path}: missing dataset /{DATA}.")
 
 
-def _convert_first(path, kind: str) -> str:
-    return (f"{path}: {kind}, not an NXtomo scan; convert it first with "
-            f"`ctbayes import {path} SCAN.h5`.")
+def _refuse_importable(path) -> None:
+    """A file that `ctbayes import` converts (HTC2022 .mat, Data Exchange) is no scan yet."""
+    try:
+        kind = scan_format(path)
+    except InputError:
+        return
+    if kind != NXTOMO:
+        raise InputError(f"{path}: {kind}, not an NXtomo scan; convert it first with "
+                         f"`ctbayes import {path} SCAN.h5`.")
 
 
 def _dataset(f, name, where, required=True):

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from ctbayes import metrics
-from ctbayes.dip.fit import DIPConfig, fit_dip
+from ctbayes.dip.fit import DIPConfig, fit_dip, parameter_count
 from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
 from ctbayes.results import Reconstruction
@@ -74,6 +74,11 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
     else:
         kind = config.uncertainty.method
         dip_config = dip_config_for(kind, config.dip, config.uncertainty)
+        if kind == "laplace" and config.uncertainty.solver == "exact":  # before the fit
+            from ctbayes.laplace.exact import check_size
+
+            check_size(int(np.prod(A.domain_shape)), int(np.size(scan.sinogram)),
+                       parameter_count(dip_config))
         fit = fit_dip(A, scan.sinogram, dip_config, ground_truth=scan.ground_truth,
                       checkpoint=checkpoint, resume=resume, progress=progress)
         image = fit.image

@@ -157,6 +157,24 @@ def test_bad_settings_fail_before_the_work(case, tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]
 
 
+def test_exact_solver_too_large_is_refused_before_the_dip_fit(tmp_path, capsys, monkeypatch):
+    import ctbayes.laplace.exact
+    import ctbayes.reconstruct
+    from ctbayes.dip.fit import DIPConfig, parameter_count
+
+    monkeypatch.setattr(ctbayes.reconstruct, "fit_dip", _must_not_run)
+    scan_path = _valid(tmp_path / "ok.h5")
+    g = small_geometry("parallel")
+    pixels, data = int(np.prod(g.image_shape)), int(np.prod(g.sinogram_shape))
+    d = parameter_count(DIPConfig())
+    monkeypatch.setattr(ctbayes.laplace.exact, "EXACT_MAX_BYTES", 8 * d * (pixels + data) - 1)
+    status = main(["reconstruct", str(scan_path), "--solver", "exact", "-o", str(tmp_path / "r.h5")])
+    err = capsys.readouterr().err.strip()
+    assert status != 0 and err.count("\n") == 0, err
+    assert f"{pixels} pixels and {data} data by {d} parameters" in err and "cg or sgd" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]
+
+
 def test_other_commands_check_their_destination_first(tmp_path, capsys, monkeypatch):
     import ctbayes.design.loop
     import ctbayes.simulate

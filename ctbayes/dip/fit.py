@@ -182,6 +182,13 @@ def build_network(config: DIPConfig, image_shape, output_scale: float = 1.0):
     return model, z
 
 
+def parameter_count(config: DIPConfig) -> int:
+    """The number of trainable parameters of the configured U-Net (shapes only, no compute)."""
+    arch = (config.in_channels, config.channels, config.skip_channels, config.dropout)
+    params = nnx.state(nnx.eval_shape(lambda: _unet(arch, nnx.Rngs(0))), nnx.Param)
+    return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
 def _unet(arch, rngs):
     in_channels, channels, skip_channels, dropout = arch
     return UNet(in_channels, channels, skip_channels, dropout=dropout, rngs=rngs)

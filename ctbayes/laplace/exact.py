@@ -66,14 +66,21 @@ def dense_operator(A) -> np.ndarray:
     return np.concatenate(cols).reshape(n, -1).T.astype(np.float64)
 
 
+def check_size(pixels: int, num_data: int, num_params: int) -> None:
+    """Refuse (InputError) a problem whose dense J and A J would pass `EXACT_MAX_BYTES`.
+
+    Called by `dense_problem`, and by `reconstruct` before the DIP fit, so that a too-large
+    `--solver exact` is refused before minutes of fitting rather than after."""
+    size = 8 * num_params * (pixels + num_data)
+    if size > EXACT_MAX_BYTES:
+        raise InputError(f"The exact solver would form {pixels} pixels and {num_data} data by "
+                         f"{num_params} parameters densely ({size / 2 ** 30:.1f} GiB), more than "
+                         f"its {EXACT_MAX_BYTES / 2 ** 30:.0f} GiB limit: use the cg or sgd solver.")
+
+
 def dense_problem(model: LinearModel) -> DenseProblem:
     """Form J, A J and the group Gram matrices of a `LinearModel` (small problems only)."""
-    pixels, d, m = int(np.prod(model.image_shape)), model.num_params, model.num_data
-    size = 8 * d * (pixels + m)
-    if size > EXACT_MAX_BYTES:
-        raise InputError(f"The exact solver would form {pixels} pixels and {m} data by {d} "
-                         f"parameters densely ({size / 2 ** 30:.1f} GiB), more than its "
-                         f"{EXACT_MAX_BYTES / 2 ** 30:.0f} GiB limit: use the cg or sgd solver.")
+    check_size(int(np.prod(model.image_shape)), model.num_data, model.num_params)
     J = np.asarray(dense_jacobian(model.fn_flat, model.theta), np.float64)
     Phi = dense_operator(model.A) @ J
     index = np.asarray(model.prior.index)

@@ -32,20 +32,24 @@ PRIOR_MEANS = ("zero", "mode")
 def flatten(fn: Callable[[Any], jax.Array], params) -> tuple[Callable, jax.Array, Callable]:
     """(fn_flat, theta, unravel): fn over the flat parameter vector, theta*, and its inverse.
 
-    theta is `ravel_pytree(params)`. fn_flat is cached per (fn, parameter structure), so
-    refitting the same network (new data, new parameter values) reuses every compiled
-    function that takes it.
+    theta is `ravel_pytree(params)`. fn_flat is a `jax.tree_util.Partial`, a pytree that jitted
+    functions take as an argument: when fn is itself a `Partial` (as `uncertainty.
+    network_function` makes it), its arrays (the DIP's input z, ...) are traced, not baked
+    in, so a new fit of the same network (new data, parameters or z) reuses every compiled
+    function; any other callable is static, compiled once per function object.
     """
     theta, _ = ravel_pytree(params)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     signature = tuple((tuple(np.shape(x)), jnp.result_type(x).name) for x in leaves)
-    fn_flat, unravel = _flat_fn(fn, treedef, signature)
-    return fn_flat, theta, unravel
+    call, unravel = _flat_fn(treedef, signature)
+    fn = fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+    return jax.tree_util.Partial(call, fn), theta, unravel
 
 
 @functools.lru_cache(maxsize=64)
-def _flat_fn(fn, treedef, signature):
-    """fn_flat and unravel for one parameter structure (ravel_pytree's layout)."""
+def _flat_fn(treedef, signature):
+    """call(fn, v) = fn(unravel(v)) and unravel, for one parameter structure (ravel_pytree's
+    layout); cached, so that equal structures give the same (hashable) function."""
     shapes = [shape for shape, _ in signature]
     splits = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1].tolist()
 
@@ -54,10 +58,10 @@ def _flat_fn(fn, treedef, signature):
         return jax.tree_util.tree_unflatten(
             treedef, [p.reshape(shape).astype(dtype) for p, (shape, dtype) in zip(pieces, signature)])
 
-    def fn_flat(v):
+    def call(fn, v):
         return fn(unravel(v))
 
-    return fn_flat, unravel
+    return call, unravel
 
 
 def _batched(f, x, event_ndim: int):
@@ -88,21 +92,29 @@ def linearise(fn_flat: Callable, theta: jax.Array):
     return image, jvp, vjp
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def jvp(fn: Callable, params, v) -> jax.Array:
     """J v for flat tangents v (..., d), J the Jacobian of fn at params (flattened)."""
     fn_flat, theta, _ = flatten(fn, params)
-    return linearise(fn_flat, theta)[1](v)
+    return _jvp(fn_flat, theta, v)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def vjp(fn: Callable, params, u) -> jax.Array:
     """J^T u for image cotangents u (..., H, W), as flat parameter vectors (..., d)."""
     fn_flat, theta, _ = flatten(fn, params)
+    return _vjp(fn_flat, theta, u)
+
+
+@jax.jit
+def _jvp(fn_flat, theta, v):
+    return linearise(fn_flat, theta)[1](v)
+
+
+@jax.jit
+def _vjp(fn_flat, theta, u):
     return linearise(fn_flat, theta)[2](u)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
+@functools.partial(jax.jit, static_argnums=2)
 def dense_jacobian(fn_flat: Callable, theta: jax.Array, batch: int = 256) -> jax.Array:
     """The explicit Jacobian (H*W, d) by forward mode, `batch` parameter directions at a time
     (all d at once, as jax.jacfwd does, holds every activation d times: 1 TB for the default
@@ -143,7 +155,7 @@ class LinearModel:
     Build it with `linear_model`.
     """
 
-    fn_flat: Callable
+    fn_flat: Callable  # a jax.tree_util.Partial (see `flatten`)
     theta: jax.Array  # theta*, flat (d,)
     A: Any  # RayTransform (a pytree)
     y: jax.Array  # data, A.range_shape
@@ -154,14 +166,13 @@ class LinearModel:
     prior_mean: str = "zero"
 
     def tree_flatten(self):
-        children = (self.theta, self.A, self.y, self.prior, self.image, self.offset_image,
-                    self.residual)
-        return children, (self.fn_flat, self.prior_mean)
+        children = (self.fn_flat, self.theta, self.A, self.y, self.prior, self.image,
+                    self.offset_image, self.residual)
+        return children, self.prior_mean
 
     @classmethod
-    def tree_unflatten(cls, aux, children):
-        theta, A, y, prior, image, offset_image, residual = children
-        return cls(aux[0], theta, A, y, prior, image, offset_image, residual, aux[1])
+    def tree_unflatten(cls, prior_mean, children):
+        return cls(*children, prior_mean)
 
     @property
     def num_params(self) -> int:

@@ -20,7 +20,6 @@ are those of the isotropic prior.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
@@ -100,13 +99,16 @@ def whiten(params, scales):
     return _apply(params, _factors(params, scales), inverse=True)
 
 
-@functools.lru_cache(maxsize=32)
-def correlated_fn(fn: Callable, scales: tuple) -> Callable:
-    """fn_u(u) = fn(correlate(u)); the same function object for equal (fn, scales), so that
-    refits of one network reuse every compiled function keyed on it."""
-    def fn_u(u):
-        return fn(correlate(u, scales))
-    return fn_u
+def correlated_fn(fn: Callable, params, scales: tuple) -> Callable:
+    """fn_u(u) = fn(correlate(u)), as a `jax.tree_util.Partial` over fn and the Cholesky
+    factors: the factors are traced rather than baked in, so refits of one network (other
+    weights, z or lengthscales) reuse every compiled function that takes fn_u."""
+    fn = fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+    return jax.tree_util.Partial(_correlated_image, fn, _factors(params, scales))
+
+
+def _correlated_image(fn, factors, u):
+    return fn(_apply(u, factors, inverse=False))
 
 
 def reparameterise(fn: Callable, params, lengthscale: float | None = None
@@ -114,4 +116,4 @@ def reparameterise(fn: Callable, params, lengthscale: float | None = None
     """(fn_u, u, scales): the network in white coordinates, the fitted parameters in them,
     and the lengthscale of every leaf (None: not a filter; `lengthscales`)."""
     scales = lengthscales(params, lengthscale)
-    return correlated_fn(fn, scales), whiten(params, scales), scales
+    return correlated_fn(fn, params, scales), whiten(params, scales), scales

@@ -30,7 +30,6 @@ fixed per-parameter factor c_i. Four kinds:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable, Sequence
 
 import jax
@@ -131,7 +130,7 @@ def parameter_groups(params, group_by: Callable = by_owner) -> tuple[tuple[str, 
     return tuple(names), np.concatenate(index) if index else np.zeros(0, np.int32)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jax.jit
 def _feature_sq_chunk(fn_flat, theta, A, z):
     from ctbayes.laplace.linearise import linearise
 

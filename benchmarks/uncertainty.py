@@ -20,10 +20,12 @@ random rectangles, each with Gaussian 5% noise and with Poisson noise (1e4 photo
 show on which kinds of image the intervals hold, beyond the three shipped scans. With
 `--off-grid` the phantoms are rendered at 4x the resolution and measured there by detector
 bins that integrate over their width, and the truth is their 4x4 block means, so the grid
-cannot represent the measurement exactly, as with a real object.
+cannot represent the measurement exactly, as with a real object. `--ensemble K` mixes the
+posteriors of K DIP fits per scan and method (`reconstruct --ensemble`); its times are the
+sums over the fits.
 
     python benchmarks/uncertainty.py [--quick] [--json PATH] [--methods laplace,mcdo,...]
-        [--scans ellipses_128_fanflat,htc2022_ta,...] [--simulated [--off-grid]]
+        [--scans ellipses_128_fanflat,htc2022_ta,...] [--simulated [--off-grid]] [--ensemble K]
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def extra(parser):
                              "default: all")
     parser.add_argument("--simulated", action="store_true",
                         help="calibration study on fresh simulated 64x64 scans instead")
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="mix the posteriors of this many DIP fits (seeds 0, 1, ...)")
     parser.add_argument("--off-grid", action="store_true",
                         help="with --simulated: phantoms rendered at 4x the resolution and "
                              "measured there by finite-width detector bins, truth = their "
@@ -119,7 +123,7 @@ def main():
         for method in methods:
             samples = 32 if args.quick else 128
             config = ReconstructConfig(uncertainty=UncertaintyConfig(
-                method=method, samples=samples, save_samples=samples))
+                method=method, samples=samples, save_samples=samples, ensemble=args.ensemble))
             if args.quick:
                 config = dataclasses.replace(config, dip=dataclasses.replace(
                     config.dip, iterations=config.dip.iterations // 4))

@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="Laplace sampler: preconditioned CG, SGD, or exact (small images)")
     rec.add_argument("--dropout", type=float, default=UncertaintyConfig.dropout,
                      help="dropout rate of the DIP-MCDO fit (--uncertainty mcdo)")
+    rec.add_argument("--ensemble", type=int, default=UncertaintyConfig.ensemble,
+                     help="fit this many DIPs (seeds SEED, SEED+1, ...) and mix their "
+                          "posteriors; costs that many times one run")
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file")
@@ -116,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _reconstruct(args):
     from ctbayes.io import read_scan
-    from ctbayes.reconstruct import ReconstructConfig, reconstruct
+    from ctbayes.reconstruct import ReconstructConfig, member_checkpoints, reconstruct
     from ctbayes.results import default_output, write_result
 
     scan = read_scan(args.scan)
@@ -135,13 +138,16 @@ def _reconstruct(args):
                                    save_samples=args.save_samples, prior=args.prior,
                                    em_cycles=args.em_cycles, em_tol=args.em_tol,
                                    solver=args.solver,
-                                   dropout=args.dropout, seed=args.seed)
-                               if args.method == "dip" else UncertaintyConfig(method="none"))
+                                   dropout=args.dropout, seed=args.seed,
+                                   ensemble=args.ensemble)
+                               if args.method == "dip" else UncertaintyConfig(
+                                   method="none", ensemble=args.ensemble))
     checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
     result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
                          progress=not args.no_progress)
     write_result(result, output, scan_path=args.scan)
-    checkpoint.unlink(missing_ok=True)  # the result is safe: the checkpoint has done its job
+    for path in member_checkpoints(checkpoint, config.uncertainty.ensemble):
+        path.unlink(missing_ok=True)  # the result is safe: the checkpoints have done their job
     if args.figures:
         from ctbayes.figures import reconstruction_figures, uncertainty_figures
 

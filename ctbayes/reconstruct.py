@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +15,8 @@ from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
-from ctbayes.uncertainty import UncertaintyConfig, dip_config_for, image_posterior, summarise
+from ctbayes.uncertainty import (UncertaintyConfig, dip_config_for, image_posterior, mixture,
+                                 summarise)
 
 METHODS = ("dip", "fbp", "tv")
 
@@ -47,6 +49,10 @@ class ReconstructConfig:
             raise InputError(f"The TV weight must be a number >= 0, got {self.tv_weight}.")
         if self.tv_iterations < 1:
             raise InputError(f"TV needs at least 1 iteration, got {self.tv_iterations}.")
+        if self.uncertainty.ensemble > 1 and (self.method != "dip"
+                                              or self.uncertainty.method == "none"):
+            raise InputError("An ensemble mixes the posteriors of several DIP fits: it needs "
+                             "the dip method and an uncertainty method other than none.")
 
 
 def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
@@ -73,48 +79,81 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
         settings |= {"tv_weight": weight, "tv_iterations": config.tv_iterations, "noise_std": noise}
     else:
         kind = config.uncertainty.method
-        dip_config = dip_config_for(kind, config.dip, config.uncertainty)
+        members = member_configs(dip_config_for(kind, config.dip, config.uncertainty),
+                                 config.uncertainty.ensemble)
         if kind == "laplace" and config.uncertainty.solver == "exact":  # before the fit
             from ctbayes.laplace.exact import check_size
 
             check_size(int(np.prod(A.domain_shape)), int(np.size(scan.sinogram)),
-                       parameter_count(dip_config))
-        fit = fit_dip(A, scan.sinogram, dip_config, ground_truth=scan.ground_truth,
-                      checkpoint=checkpoint, resume=resume, progress=progress)
-        image = fit.image
-        settings |= {f"dip_{k}": v for k, v in dataclasses.asdict(dip_config).items()}
-        settings["dip_kept"] = fit.kept
-        timings |= {f"dip_{k}": v for k, v in fit.timings.items() if k != "iterations_per_second"}
-        settings["dip_iterations_per_second"] = fit.timings["iterations_per_second"]
+                       parameter_count(members[0]))
+        fits = [fit_dip(A, scan.sinogram, member, ground_truth=scan.ground_truth,
+                        checkpoint=path, resume=resume, progress=progress)
+                for member, path in zip(members, member_checkpoints(checkpoint, len(members)))]
+        image = fits[0].image
+        settings |= {f"dip_{k}": v for k, v in dataclasses.asdict(members[0]).items()}
+        settings["dip_kept"] = ",".join(fit.kept for fit in fits)
+        for key in fits[0].timings.keys() - {"iterations_per_second"}:
+            timings[f"dip_{key}"] = sum(fit.timings[key] for fit in fits)
+        settings["dip_iterations_per_second"] = fits[0].timings["iterations_per_second"]
     timings["reconstruction"] = time.perf_counter() - start
     if config.method != "dip" or config.uncertainty.method == "none":
         image = np.asarray(image, np.float32)
         return Reconstruction(mean=image, method=config.method, settings=settings,
                               timings=timings, metrics=score(image, scan, A))
-    return _with_uncertainty(fit, A, scan, config.uncertainty, settings, timings, progress)
+    return _with_uncertainty(fits, A, scan, config.uncertainty, settings, timings, progress)
 
 
-def _with_uncertainty(fit, A, scan, config: UncertaintyConfig, settings, timings,
+def member_configs(dip_config: DIPConfig, ensemble: int) -> list[DIPConfig]:
+    """The DIP settings of an ensemble's members: seeds seed, seed + 1, ... (all checked
+    before the first fit)."""
+    return [dataclasses.replace(dip_config, seed=dip_config.seed + k) for k in range(ensemble)]
+
+
+def member_checkpoints(checkpoint, ensemble: int) -> list:
+    """Checkpoint files of an ensemble's DIP fits: the given one for the first member,
+    OUT.ckpt.1.npz, OUT.ckpt.2.npz, ... for the others (None: no checkpoints)."""
+    if checkpoint is None:
+        return [None] * ensemble
+    checkpoint = Path(checkpoint)
+    return [checkpoint] + [checkpoint.with_suffix(f".{k}{checkpoint.suffix}")
+                           for k in range(1, ensemble)]
+
+
+def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timings,
                       progress: bool = False):
-    """The DIP reconstruction with the posterior's mean, std, samples and metrics."""
+    """The DIP reconstruction with the posterior's mean, std, samples and metrics; for an
+    ensemble (several fits) the mixture of the fits' posteriors (`uncertainty.mixture`)."""
     if progress:  # the posterior has no progress bar; say what the wait is for
         print(f"uncertainty: {config.method}, {config.samples} samples"
               + (f", up to {config.em_cycles} EM cycles" if config.method == "laplace" else "")
+              + (f", for each of {len(fits)} fits" if len(fits) > 1 else "")
               + " (compiling first: minutes on a CPU)", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    posterior, hyper = image_posterior(fit, A, scan.sinogram, config)
-    timings["uncertainty_fit"] = time.perf_counter() - start
     exact = config.method == "laplace" and config.solver == "exact"
-    summary = summarise(posterior, config, scan.ground_truth, exact_std=exact)
+    summaries, hyper, precision, cycles = [], {}, [], []
+    timings["uncertainty_fit"] = 0.0
+    for k, fit in enumerate(fits):
+        start = time.perf_counter()
+        member = dataclasses.replace(config, seed=config.seed + k)
+        posterior, learned = image_posterior(fit, A, scan.sinogram, member)
+        timings["uncertainty_fit"] += time.perf_counter() - start
+        summaries.append(summarise(posterior, dataclasses.replace(
+            member, save_samples=member.samples), exact_std=exact))
+        hyper |= {(f"member{k}_{key}" if len(fits) > 1 else key): value
+                  for key, value in learned.items()}
+        precision.append(getattr(posterior, "precision", None))
+        cycles.append(len(posterior.history) if config.method == "laplace" else None)
+    summary = mixture(summaries, config.save_samples, scan.ground_truth)
     timings["uncertainty_sampling"] = summary.seconds
     timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
     settings |= {f"uncertainty_{k}": v for k, v in dataclasses.asdict(config).items()}
-    if hasattr(posterior, "precision"):  # what "auto" chose
-        settings["uncertainty_precision_used"] = posterior.precision
-    if config.method == "laplace":  # EM cycles run (fewer than allowed once converged)
-        settings["uncertainty_em_cycles_run"] = len(posterior.history)
+    if precision[0] is not None:  # what "auto" chose
+        settings["uncertainty_precision_used"] = ",".join(precision)
+    if cycles[0] is not None:  # EM cycles run (fewer than allowed once converged)
+        settings["uncertainty_em_cycles_run"] = cycles[0] if len(fits) == 1 else \
+            ",".join(map(str, cycles))
     # the posterior's mean: the network's image for Laplace, the predictive mean of MC
-    # dropout and of the VI posteriors; the metrics and figures are all about this image
+    # dropout and of the VI posteriors (averaged over an ensemble); the metrics and figures
+    # are all about this image
     image = summary.mean
     scores = score(image, scan, A) | summary.metrics
     return Reconstruction(mean=image, method="dip", settings=settings, timings=timings,

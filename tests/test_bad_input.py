@@ -140,6 +140,10 @@ BAD_SETTINGS = {  # flags after `reconstruct SCAN`: the error, raised before any
     "no TV iterations": (["--method", "tv", "--tv-iterations", "0"], "at least 1 iteration"),
     "negative EM cycles": (["--em-cycles", "-1"], "cycles >= 0, got -1"),
     "negative learning rate": (["--lr", "-1"], "lr must be positive, got -1.0."),
+    "empty ensemble": (["--ensemble", "0"], "at least 1 member, got 0"),
+    "ensemble of TV": (["--method", "tv", "--ensemble", "2"], "needs the dip method"),
+    "ensemble without uncertainty": (["--uncertainty", "none", "--ensemble", "2"],
+                                     "an uncertainty method other than none"),
 }
 
 

@@ -103,6 +103,31 @@ def test_bad_uncertainty_settings():
             uncertainty.UncertaintyConfig(**bad)
 
 
+def test_mixture_has_the_moments_of_its_pooled_members():
+    """Two members N(0, 1) and N(2, 0.5^2) per pixel: the mixture's mean and std are those of
+    many pooled draws (1 and sqrt(0.625 + 1)); the saved samples hold both members; one
+    member is its own mixture."""
+    rng = np.random.default_rng(0)
+    shape, n = (4, 5), 20000
+
+    def member(mean, std):
+        samples = (mean + std * rng.normal(size=(n,) + shape)).astype(np.float32)
+        return uncertainty.UncertaintySummary(np.full(shape, mean, np.float32),
+                                              np.full(shape, std, np.float32), samples, {}, 1.0)
+
+    members = [member(0.0, 1.0), member(2.0, 0.5)]
+    pooled = np.concatenate([m.samples for m in members])
+    mixed = uncertainty.mixture(members, save_samples=2, ground_truth=np.ones(shape))
+    np.testing.assert_allclose(mixed.mean, pooled.mean(0), atol=0.02)
+    np.testing.assert_allclose(mixed.std, pooled.std(0), rtol=0.01)
+    np.testing.assert_allclose(mixed.std, np.sqrt(0.625 + 1.0), rtol=1e-6)
+    np.testing.assert_array_equal(mixed.samples, [members[0].samples[0], members[1].samples[0]])
+    assert mixed.seconds == 2.0 and mixed.metrics["coverage_90"] == 1.0  # truth at the centre
+    alone = uncertainty.mixture(members[1:], save_samples=3)
+    np.testing.assert_array_equal(alone.std, members[1].std)
+    np.testing.assert_array_equal(alone.samples, members[1].samples[:3])
+
+
 @pytest.fixture(scope="module")
 def scan32():
     geometry = default_geometry(32, views=20)
@@ -137,6 +162,31 @@ def test_mc_dropout_answers_the_posterior_interface(scan32):
     fit.config = DIPConfig(**SMALL_DIP)  # a DIP fitted without dropout has no MC dropout
     with pytest.raises(InputError):
         MCDropoutPosterior(fit)
+
+
+def test_an_ensemble_mixes_the_posteriors_of_fits_from_successive_seeds(scan32, tmp_path):
+    """--ensemble 2 is the mixture of the runs with DIP and uncertainty seeds 0 and 1, each
+    fit keeping its own checkpoint; the learned hyperparameters are kept per member."""
+    def config(seed, ensemble=1):
+        return ReconstructConfig(dip=DIPConfig(iterations=60, seed=seed, **SMALL_DIP),
+                                 uncertainty=uncertainty.UncertaintyConfig(
+                                     samples=8, save_samples=4, em_cycles=1, seed=seed,
+                                     ensemble=ensemble))
+
+    single = [reconstruct(scan32, config(seed)) for seed in (0, 1)]
+    checkpoint = tmp_path / "r.ckpt.npz"
+    both = reconstruct(scan32, config(0, ensemble=2), checkpoint=checkpoint)
+    means = np.stack([r.mean for r in single])
+    np.testing.assert_allclose(both.mean, means.mean(0), atol=1e-6)
+    variance = np.mean([r.std.astype(np.float64) ** 2 for r in single], 0) + means.var(0)
+    np.testing.assert_allclose(both.std, np.sqrt(variance), rtol=1e-5)
+    assert np.abs(means[0] - means[1]).max() > 1e-3  # two different fits
+    np.testing.assert_allclose(both.samples[:2], [single[0].samples[0], single[1].samples[0]],
+                               atol=1e-6)
+    assert both.hyperparameters["member1_noise_variance"] == pytest.approx(
+        single[1].hyperparameters["noise_variance"])
+    assert checkpoint.exists() and (tmp_path / "r.ckpt.1.npz").exists()
+    assert both.metrics["psnr"] > 0 and 0 <= both.metrics["coverage_90"] <= 1
 
 
 def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):

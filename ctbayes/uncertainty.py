@@ -14,7 +14,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from ctbayes import metrics
 from ctbayes.errors import InputError
@@ -101,14 +100,11 @@ def dip_config_for(method: str, dip_config, config: UncertaintyConfig):
 
 
 def network_function(fit):
-    """(fn, params): the DIP image as a function of its trainable parameters. fn is a
-    `jax.tree_util.Partial` over the network's other state and its input z, so that the
-    Laplace pass compiles once per network shape, not once per fit (`laplace.flatten`)."""
-    return jax.tree_util.Partial(_network_image, fit.graphdef, fit.rest, fit.z), fit.params
+    """(fn, params): the DIP image as a function of its trainable parameters (a
+    `dip.fit.image_function`, so the Laplace pass compiles once per network shape)."""
+    from ctbayes.dip.fit import image_function
 
-
-def _network_image(graphdef, rest, z, params):
-    return nnx.merge(graphdef, params, rest)(z)
+    return image_function(fit.graphdef, fit.rest, fit.z), fit.params
 
 
 def image_posterior(fit, A, y, config: UncertaintyConfig, method_config=None):

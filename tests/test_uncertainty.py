@@ -189,6 +189,41 @@ def test_an_ensemble_mixes_the_posteriors_of_fits_from_successive_seeds(scan32, 
     assert both.metrics["psnr"] > 0 and 0 <= both.metrics["coverage_90"] <= 1
 
 
+def test_a_second_fit_of_the_same_network_reuses_the_compiled_laplace_pass(scan32):
+    """Fits from other seeds differ in weights and input z, not in shape: the Laplace pass on
+    the second compiles nothing (z is an argument of the compiled solvers, not a constant
+    baked into them; what keeps `--ensemble` and the design loop's refits cheap), and its
+    posterior is centred on its own network's image, not the first's."""
+    from ctbayes.dip.fit import fit_dip
+    from ctbayes.laplace import LaplaceConfig, fit_laplace
+
+    A = make_ray_transform(scan32.geometry)
+    config = LaplaceConfig(em_cycles=1, samples=4, std_samples=8, precision="float32")
+    fits = [fit_dip(A, scan32.sinogram, DIPConfig(iterations=20, seed=seed, **SMALL_DIP),
+                    progress=False) for seed in (0, 1)]
+
+    def laplace_mean(fit):
+        posterior = fit_laplace(*uncertainty.network_function(fit), A, scan32.sinogram, config)
+        posterior.sample(jax.random.key(0), 8)
+        return np.asarray(posterior.mean())
+
+    np.testing.assert_allclose(laplace_mean(fits[0]), fits[0].image, atol=1e-5)
+    compiled = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        second = laplace_mean(fits[1])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    np.testing.assert_allclose(second, fits[1].image, atol=1e-5)
+    assert np.abs(fits[0].image - fits[1].image).max() > 1e-2
+
+
 def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     scan_path = tmp_path / "sim.h5"
     assert main(["simulate", str(scan_path), "--phantom", "ellipses", "--size", "32",

@@ -9,7 +9,6 @@ with the masked operator (`masked`) its shapes never change, so it compiles once
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Any, Callable
 
 import jax
@@ -25,8 +24,8 @@ from ctbayes.dip.fit import DIPConfig
 class NetworkFit:
     """A fitted DIP network: image (H, W), the nnx split (graphdef, params, rest), input z.
 
-    render: params -> image, one function object per run, so that everything keyed on the
-    function (the linearised model's compiled solvers) is compiled once per run.
+    render: params -> image (`make_render`), which the linearised model's compiled solvers
+    take as an argument, so they compile once per network shape.
     """
 
     image: np.ndarray
@@ -40,24 +39,10 @@ class NetworkFit:
         return dataclasses.replace(self, params=params, image=np.asarray(image, np.float32))
 
 
-_RENDERS: dict = {}
-
-
 def make_render(graphdef, rest, z) -> Callable:
-    """params -> image for one network; the same function object for equal (graphdef, rest,
-    z), so runs on the same data in one process share every compiled function keyed on it."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(rest) + [z]:
-        h.update(np.ascontiguousarray(leaf).tobytes())
-    key = (graphdef, h.hexdigest())
-    if key not in _RENDERS:
-        def render(params):
-            return nnx.merge(graphdef, params, rest)(z)
-
-        if len(_RENDERS) > 32:
-            _RENDERS.clear()
-        _RENDERS[key] = render
-    return _RENDERS[key]
+    """params -> image for one network (`dip.fit.image_function`): runs and refits of one
+    network shape share every compiled function that takes it."""
+    return dipfit.image_function(graphdef, rest, z)
 
 
 def first_fit(A, y, config: DIPConfig, initial_image=None) -> NetworkFit:

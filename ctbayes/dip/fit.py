@@ -182,6 +182,17 @@ def build_network(config: DIPConfig, image_shape, output_scale: float = 1.0):
     return model, z
 
 
+def image_function(graphdef, rest, z):
+    """params -> the network's image, as a `jax.tree_util.Partial` over (graphdef, rest, z):
+    jitted functions take it as an argument with z and rest traced, so every fit of one
+    network shape (other seeds, data, refits) shares their compiled code."""
+    return jax.tree_util.Partial(_image, graphdef, rest, z)
+
+
+def _image(graphdef, rest, z, params):
+    return nnx.merge(graphdef, params, rest)(z)
+
+
 def parameter_count(config: DIPConfig) -> int:
     """The number of trainable parameters of the configured U-Net (shapes only, no compute)."""
     arch = (config.in_channels, config.channels, config.skip_channels, config.dropout)

@@ -189,6 +189,33 @@ def test_an_ensemble_mixes_the_posteriors_of_fits_from_successive_seeds(scan32, 
     assert both.metrics["psnr"] > 0 and 0 <= both.metrics["coverage_90"] <= 1
 
 
+def test_cli_ensemble_passes_its_size_on_and_removes_every_fits_checkpoint(tmp_path,
+                                                                          monkeypatch):
+    """`reconstruct --ensemble 3` asks for three fits, and once the result is written the
+    three checkpoints (OUT.ckpt.npz, OUT.ckpt.1.npz, OUT.ckpt.2.npz) are gone."""
+    import ctbayes.reconstruct
+    from ctbayes.results import Reconstruction
+
+    seen = {}
+
+    def fake_reconstruct(scan, config, checkpoint=None, resume=False, progress=False):
+        seen["ensemble"], seen["resume"] = config.uncertainty.ensemble, resume
+        for path in ctbayes.reconstruct.member_checkpoints(checkpoint, 3):
+            path.write_bytes(b"checkpoint")
+        image = np.zeros(scan.geometry.image_shape, np.float32)
+        return Reconstruction(image, "dip", {}, {}, std=image + 1)
+
+    monkeypatch.setattr(ctbayes.reconstruct, "reconstruct", fake_reconstruct)
+    scan_path = tmp_path / "sim.h5"
+    assert main(["simulate", str(scan_path), "--size", "32", "--views", "8"]) == 0
+    out = tmp_path / "out.h5"
+    assert main(["reconstruct", str(scan_path), "-o", str(out), "--ensemble", "3",
+                 "--resume", "--no-progress"]) == 0
+    assert seen == {"ensemble": 3, "resume": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5", "sim.h5"]
+    assert read_result(out).std.shape == (32, 32)
+
+
 def test_a_second_fit_of_the_same_network_reuses_the_compiled_laplace_pass(scan32):
     """Fits from other seeds differ in weights and input z, not in shape: the Laplace pass on
     the second compiles nothing (z is an argument of the compiled solvers, not a constant

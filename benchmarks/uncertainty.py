@@ -80,10 +80,13 @@ def simulated_scans(size: int = 64, off_grid: bool = False):
 
 
 def predictive_noise_variance(result, scan) -> float:
-    """The noise variance the posterior learned, or (MC dropout has none) the mean square
-    of the DIP's residual on the measured views."""
-    if "noise_variance" in result.hyperparameters:
-        return result.hyperparameters["noise_variance"]
+    """The noise variance the posterior learned (an ensemble's: the mean of its fits'
+    `member<k>_noise_variance`), or (MC dropout has none) the mean square of the DIP's
+    residual on the measured views."""
+    learned = [v for k, v in result.hyperparameters.items()
+               if k == "noise_variance" or k.endswith("_noise_variance")]
+    if learned:
+        return float(np.mean(learned))
     residual = np.asarray(make_ray_transform(scan.geometry)(result.mean)) - scan.sinogram
     return float(np.mean(residual ** 2))
 

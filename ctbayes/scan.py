@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -73,3 +74,13 @@ class Scan:
             sinogram=self.sinogram[views],
             geometry=self.geometry.with_angles(self.geometry.angles_array[views]),
         )
+
+
+def data_fingerprint(geometry: Geometry, *arrays) -> str:
+    """A SHA-256 hex digest of a geometry and arrays (each as float32; None skipped): what a
+    checkpoint or log must match to be resumed on the same data."""
+    h = hashlib.sha256(repr(geometry).encode())
+    for array in arrays:
+        if array is not None:
+            h.update(np.ascontiguousarray(array, np.float32).tobytes())
+    return h.hexdigest()

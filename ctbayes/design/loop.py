@@ -20,7 +20,6 @@ acquisition scores of each step's first pick, NaN for baselines) and `state/` (t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -34,6 +33,7 @@ from ctbayes.design.designer import AngleDesigner, DesignerConfig
 from ctbayes.errors import InputError
 from ctbayes.io.atomic import atomic_path
 from ctbayes.metrics import psnr, ssim
+from ctbayes.scan import data_fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +90,7 @@ class DesignRun:
 
 
 def scan_fingerprint(scan) -> str:
-    h = hashlib.sha256(repr(scan.geometry).encode())
-    h.update(np.ascontiguousarray(scan.sinogram, np.float32).tobytes())
-    return h.hexdigest()[:32]
+    return data_fingerprint(scan.geometry, scan.sinogram)[:32]
 
 
 # -- the log file -------------------------------------------------------------------------------

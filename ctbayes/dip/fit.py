@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +33,11 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from ctbayes.dip.checkpoint import load_checkpoint, save_checkpoint
 from ctbayes.dip.unet import UNet
 from ctbayes.errors import InputError
-from ctbayes.io.atomic import atomic_path
 from ctbayes.metrics import psnr
+from ctbayes.scan import data_fingerprint
 from ctbayes.tv import total_variation
 
 KEEP_MODES = ("ema", "best", "last")
@@ -298,55 +297,6 @@ def _evaluate(graphdef, params, rest, z, A, y, consts):
     return loss, x
 
 
-# -- checkpoints -----------------------------------------------------------------------------
-def _fingerprint(A, y, initial_image) -> str:
-    """A hash of the problem: geometry, sinogram and warm-start image."""
-    h = hashlib.sha256(repr(A.geometry).encode())
-    h.update(np.ascontiguousarray(y, np.float32).tobytes())
-    if initial_image is not None:
-        h.update(np.ascontiguousarray(initial_image, np.float32).tobytes())
-    return h.hexdigest()
-
-
-def _save_checkpoint(path, carry, iteration, history, psnr_rows, config, fingerprint, fit_seconds):
-    leaves = jax.tree.leaves(carry)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, iteration=iteration, history=history, psnr=np.asarray(psnr_rows, np.float64),
-                 config=json.dumps(config.trajectory_fields(), sort_keys=True),
-                 fingerprint=fingerprint, fit_seconds=fit_seconds,
-                 **{f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
-
-
-def _load_checkpoint(path, carry_template, config, fingerprint, iterations):
-    """The carry, iteration, history, PSNR rows and fit time stored in a checkpoint."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            stored = {k: data[k] for k in data.files}
-        saved = json.loads(str(stored["config"]))
-        iteration = int(stored["iteration"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"The DIP checkpoint {path} cannot be read: {exc}.") from exc
-    current = config.trajectory_fields()
-    differing = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
-                 for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-    if differing:
-        raise InputError(f"The DIP checkpoint {path} was written with other settings ("
-                         + "; ".join(differing) + "); resume with the same settings or start anew.")
-    if str(stored["fingerprint"]) != fingerprint:
-        raise InputError(f"The DIP checkpoint {path} was written for another sinogram, geometry "
-                         "or initial image; resume with the same data or start anew.")
-    if iteration > iterations:
-        raise InputError(f"The DIP checkpoint {path} is at iteration {iteration}, beyond the "
-                         f"{iterations} iterations asked for.")
-    template_leaves, treedef = jax.tree.flatten(carry_template)
-    leaves = [stored.get(f"leaf_{i}") for i in range(len(template_leaves))]
-    if any(a is None or a.shape != np.shape(b) for a, b in zip(leaves, template_leaves)):
-        raise InputError(f"The DIP checkpoint {path} holds a network of another shape.")
-    carry = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves])
-    psnr_rows = [tuple(r) for r in stored["psnr"].reshape(-1, 2)]
-    return carry, iteration, stored["history"], psnr_rows, float(stored["fit_seconds"])
-
-
 # -- the fit ---------------------------------------------------------------------------------
 def _setup(A, y, config):
     """Sinogram, image scale, loss constants, the split network and z for a fit."""
@@ -414,11 +364,11 @@ def fit_dip(A, y, config: DIPConfig = DIPConfig(), *, initial_image=None, ground
     y_j, scale, consts, graphdef, params, rest, z = _setup(A, y, config)
     timings = dict(setup=time.perf_counter() - t_start, warm_start=0.0, compile=0.0, fit=0.0)
 
-    fingerprint = _fingerprint(A, y, initial_image if config.warm_start else None)
+    fingerprint = data_fingerprint(A.geometry, y, initial_image if config.warm_start else None)
     carry = _initial_carry(params)
     iteration, history, psnr_rows = 0, np.zeros((0, 2), np.float32), []
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        carry, iteration, history, psnr_rows, timings["fit"] = _load_checkpoint(
+        carry, iteration, history, psnr_rows, timings["fit"] = load_checkpoint(
             checkpoint, carry, config, fingerprint, config.iterations)
     elif config.warm_start and config.warm_start_iterations > 0:
         t0 = time.perf_counter()
@@ -459,7 +409,7 @@ def fit_dip(A, y, config: DIPConfig = DIPConfig(), *, initial_image=None, ground
             timings["fit"] = time.perf_counter() - t_fit
             if checkpoint is not None and (iteration % config.checkpoint_every == 0
                                            or iteration == config.iterations):
-                _save_checkpoint(checkpoint, carry, iteration, np.concatenate(histories),
+                save_checkpoint(checkpoint, carry, iteration, np.concatenate(histories),
                                  psnr_rows, config, fingerprint, timings["fit"])
             bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if v is not None}, refresh=False)
             bar.update(stop - bar.n)
@@ -467,7 +417,7 @@ def fit_dip(A, y, config: DIPConfig = DIPConfig(), *, initial_image=None, ground
                 callback(iteration, info)
     except BaseException:
         if checkpoint is not None and iteration > 0:
-            _save_checkpoint(checkpoint, carry, iteration, np.concatenate(histories), psnr_rows,
+            save_checkpoint(checkpoint, carry, iteration, np.concatenate(histories), psnr_rows,
                              config, fingerprint, timings["fit"])
         raise
     finally:

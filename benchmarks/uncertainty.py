@@ -4,7 +4,9 @@ For every shipped scan and HTC2022 `ta` (60 views over 360 degrees), one DIP fit
 posterior, then: seconds of the DIP fit, of the hyperparameter fit (EM for Laplace, the
 optimisation for the VI posteriors) and of the sampling, the ratio of the uncertainty time
 to the DIP fit time (target for Laplace at 128x128: at most 2), the per-pixel Gaussian test
-log-likelihood, the 2x2 patch log-likelihood and the coverage of the 50/90/95% intervals.
+log-likelihood, the 2x2 patch log-likelihood, the coverage of the 50/90/95% intervals, the
+rms of the z-scores (z_rms: how far the std map's overall scale is off) and the 90% coverage
+the same map would have with that scale right (cov90_rescaled: std times z_rms).
 The homoscedastic baseline is the best constant std chosen with hindsight around the
 Laplace run's image. Simulated scans are scored against their ground truth; HTC2022 against
 the publisher's full-data FBP after a least-squares scale (there is no truth), inside the
@@ -139,11 +141,16 @@ def main():
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
             truth, mask = scoring_target(scan, result.mean)
+            inside = (slice(None),) if mask is None else mask
             scores = uncertainty_metrics(truth, result.mean, result.std, result.samples, mask)
             row |= {"psnr": metrics.psnr(result.mean, truth),
                     "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
                     "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
-                    "cov95": scores["coverage_95"]}
+                    "cov95": scores["coverage_95"], "z_rms": scores["z_rms"],
+                    # the 90% coverage the same map would have with its overall scale right
+                    "cov90_rescaled": metrics.coverage(
+                        *(a[inside] for a in (truth, result.mean, result.std * scores["z_rms"])),
+                        levels=(0.9,))[0.9]}
             held = None
             if name in heldout:  # predict the views between the measured ones
                 held_scan = heldout[name]
@@ -154,7 +161,6 @@ def main():
             rows.append(row)
             print(row, flush=True)
             if method == "laplace":  # the homoscedastic baseline around the same image
-                inside = (slice(None),) if mask is None else mask
                 constant = metrics.best_constant_std(truth[inside], result.mean[inside])
                 flat = uncertainty_metrics(truth, result.mean, result.std * 0 + constant,
                                            mask=mask)

@@ -53,6 +53,13 @@ def gaussian_log_likelihood(truth, mean, std) -> float:
     return float(np.mean(-0.5 * (np.log(2 * np.pi * var) + (truth - mean) ** 2 / var)))
 
 
+def z_rms(truth, mean, std) -> float:
+    """The rms of the z-scores (truth - mean) / std: 1 where the std map's overall scale
+    matches the errors, above 1 where it is too small by that factor (below, too large)."""
+    err = np.asarray(truth, np.float64) - np.asarray(mean, np.float64)
+    return float(np.sqrt(np.mean((err / np.maximum(np.asarray(std, np.float64), 1e-12)) ** 2)))
+
+
 def best_constant_std(truth, mean) -> float:
     """The single std that maximises the Gaussian log-likelihood with hindsight: the RMSE."""
     return float(np.sqrt(np.mean((np.asarray(truth, np.float64) - np.asarray(mean, np.float64)) ** 2)))

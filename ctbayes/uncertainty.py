@@ -203,7 +203,8 @@ def mixture(members: list[UncertaintySummary], save_samples: int,
 
 def uncertainty_metrics(truth, mean, std, samples=None, mask=None) -> dict:
     """Test log-likelihoods (per-pixel Gaussian, the best constant std with hindsight, and
-    patch-wise from the samples for k in PATCH_SIZES that fit) and 50/90/95% coverage.
+    patch-wise from the samples for k in PATCH_SIZES that fit), 50/90/95% coverage and the
+    rms of the z-scores (`metrics.z_rms`: how far the std map's overall scale is off).
     mask: score only these pixels (e.g. a scanner's field of view; the patch scores then
     take the patches wholly inside it)."""
     if mask is None:
@@ -222,6 +223,7 @@ def uncertainty_metrics(truth, mean, std, samples=None, mask=None) -> dict:
                     truth, samples, k, mask=mask)
     for level, value in metrics.coverage(*pixels).items():
         result[f"coverage_{round(level * 100)}"] = value
+    result["z_rms"] = metrics.z_rms(*pixels)
     return result
 
 

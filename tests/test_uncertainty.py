@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from ctbayes import uncertainty
+from ctbayes import metrics, uncertainty
 from ctbayes.cli import main
 from ctbayes.dip.fit import DIPConfig
 from ctbayes.errors import InputError
@@ -42,9 +42,14 @@ def test_metrics_of_a_known_gaussian():
     assert scores["log_likelihood"] > scores["log_likelihood_constant_std"] + 0.3
     assert abs(scores["patch_log_likelihood_1"] - scores["log_likelihood"]) < 0.05
     assert {"patch_log_likelihood_2", "patch_log_likelihood_10"} <= scores.keys()
-    # a std that is 3x too small covers far too little and scores worse
+    assert abs(scores["z_rms"] - 1) < 0.05  # sd of the rms of 4096 unit normals: 0.011
+    # a std that is 3x too small covers far too little, scores worse and says so in z_rms
     small = uncertainty.uncertainty_metrics(truth, mean, std / 3)
     assert small["coverage_90"] < 0.5 and small["log_likelihood"] < scores["log_likelihood"]
+    assert small["z_rms"] == pytest.approx(3 * scores["z_rms"])
+    # the best constant std is the rms error, so its z-scores have rms 1 exactly
+    constant = np.full_like(std, metrics.best_constant_std(truth, mean))
+    assert uncertainty.uncertainty_metrics(truth, mean, constant)["z_rms"] == pytest.approx(1, abs=1e-12)
 
 
 def test_real_scans_are_scored_inside_the_object_in_the_field_of_view():

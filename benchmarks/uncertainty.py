@@ -141,16 +141,14 @@ def main():
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
             truth, mask = scoring_target(scan, result.mean)
-            inside = (slice(None),) if mask is None else mask
             scores = uncertainty_metrics(truth, result.mean, result.std, result.samples, mask)
             row |= {"psnr": metrics.psnr(result.mean, truth),
                     "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
                     "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
                     "cov95": scores["coverage_95"], "z_rms": scores["z_rms"],
                     # the 90% coverage the same map would have with its overall scale right
-                    "cov90_rescaled": metrics.coverage(
-                        *(a[inside] for a in (truth, result.mean, result.std * scores["z_rms"])),
-                        levels=(0.9,))[0.9]}
+                    "cov90_rescaled": uncertainty_metrics(
+                        truth, result.mean, result.std * scores["z_rms"], mask=mask)["coverage_90"]}
             held = None
             if name in heldout:  # predict the views between the measured ones
                 held_scan = heldout[name]
@@ -161,6 +159,7 @@ def main():
             rows.append(row)
             print(row, flush=True)
             if method == "laplace":  # the homoscedastic baseline around the same image
+                inside = (slice(None),) if mask is None else mask
                 constant = metrics.best_constant_std(truth[inside], result.mean[inside])
                 flat = uncertainty_metrics(truth, result.mean, result.std * 0 + constant,
                                            mask=mask)

@@ -42,8 +42,13 @@ def flatten(fn: Callable[[Any], jax.Array], params) -> tuple[Callable, jax.Array
     leaves, treedef = jax.tree_util.tree_flatten(params)
     signature = tuple((tuple(np.shape(x)), jnp.result_type(x).name) for x in leaves)
     call, unravel = _flat_fn(treedef, signature)
-    fn = fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
-    return jax.tree_util.Partial(call, fn), theta, unravel
+    return jax.tree_util.Partial(call, as_partial(fn)), theta, unravel
+
+
+def as_partial(fn: Callable) -> jax.tree_util.Partial:
+    """fn as a `jax.tree_util.Partial` (itself if it is one): a pytree whose arrays jitted
+    functions trace rather than bake in."""
+    return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
 
 
 @functools.lru_cache(maxsize=64)

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from ctbayes.laplace.linearise import as_partial
+
 LENGTHSCALES = tuple(np.round(np.geomspace(0.1, 10.0, 21), 4).tolist())
 
 
@@ -103,8 +105,7 @@ def correlated_fn(fn: Callable, params, scales: tuple) -> Callable:
     """fn_u(u) = fn(correlate(u)), as a `jax.tree_util.Partial` over fn and the Cholesky
     factors: the factors are traced rather than baked in, so refits of one network (other
     weights, z or lengthscales) reuse every compiled function that takes fn_u."""
-    fn = fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
-    return jax.tree_util.Partial(_correlated_image, fn, _factors(params, scales))
+    return jax.tree_util.Partial(_correlated_image, as_partial(fn), _factors(params, scales))
 
 
 def _correlated_image(fn, factors, u):

@@ -447,6 +447,21 @@ def test_fit_laplace_interface(p16):
         LaplaceConfig(prior="gaussian-process")
 
 
+def test_posterior_products_run_at_full_precision(p16):
+    """Every product of the linearised model is traced with the highest matmul precision:
+    GPUs otherwise compute float32 products in TF32, which stalled CG on an H200."""
+    seen = []
+
+    def recording_fn(params):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return p16["fn"](params)
+
+    config = LaplaceConfig(prior="isotropic", em_cycles=1, samples=N, std_samples=N)
+    post = fit_laplace(recording_fn, p16["params"], p16["A"], p16["y"], config)
+    post.std()  # samples with the solvers compiled during the EM, so no new traces here
+    assert len(seen) > 0 and set(seen) == {"highest"}
+
+
 # -- the Matern-1/2 filter prior -------------------------------------------------------------------
 def test_matern_filter_prior_correlates_taps_and_fits_their_lengthscale():
     # correlate applies L with L L^T = K: the identity's 9 filters come out as the columns of L

@@ -138,6 +138,7 @@ def main():
             row = {"scan": name, "size": result.mean.shape[0], "method": method,
                    "dip_s": dip_seconds, "fit_s": t["uncertainty_fit"],
                    "sampling_s": t["uncertainty_sampling"],
+                   "compile_s": t["uncertainty_compile"],
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
             truth, mask = scoring_target(scan, result.mean)
@@ -170,8 +171,9 @@ def main():
                 if held is not None:
                     baseline["heldout_ll"] = held["log_likelihood_constant_std"]
                 rows.append(baseline)
-    report(rows, args.json, "Uncertainty: seconds (DIP fit, posterior fit, sampling), ratio of "
-                            "uncertainty to DIP time; test log-likelihood per pixel; coverage")
+    report(rows, args.json, "Uncertainty: seconds (DIP fit, posterior fit, sampling, compilation "
+                            "within the last two), ratio of uncertainty to DIP time; test "
+                            "log-likelihood per pixel; coverage")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ctbayes import metrics
+from ctbayes.compile_clock import compile_seconds
 from ctbayes.dip.fit import DIPConfig, fit_dip, parameter_count
 from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
@@ -131,6 +132,7 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
     exact = config.method == "laplace" and config.solver == "exact"
     summaries, hyper, precision, cycles = [], {}, [], []
     timings["uncertainty_fit"] = 0.0
+    compiled_before = compile_seconds()
     for k, fit in enumerate(fits):
         start = time.perf_counter()
         member = dataclasses.replace(config, seed=config.seed + k)
@@ -145,6 +147,7 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
     summary = mixture(summaries, config.save_samples, scan.ground_truth)
     timings["uncertainty_sampling"] = summary.seconds
     timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
+    timings["uncertainty_compile"] = compile_seconds() - compiled_before  # part of the above
     settings |= {f"uncertainty_{k}": v for k, v in dataclasses.asdict(config).items()}
     if precision[0] is not None:  # what "auto" chose
         settings["uncertainty_precision_used"] = ",".join(precision)

@@ -212,6 +212,64 @@ def test_cg_nystrom_fewer_iterations_and_matches_dense_solve(p16):
     assert results[64] < 0.5 * results[0]
 
 
+def test_cg_residuals_are_true_and_float64_skips_the_recomputing_product(p16):
+    """Reported residuals against ||b - K x|| / ||b|| computed independently (numpy, float64,
+    from the returned x). float32: unpreconditioned, this K drives the recursion's residual
+    below 1e-3 while the true one stays above it, and the report, recomputed from x (a
+    second traced product with K besides the loop's), shows it. float64: the recursion's
+    own residuals are the true ones to 1e-6 and cost no product."""
+    dense, v, s2 = p16["dense"], p16["v"], p16["s2"]
+    K = np.tensordot(v, dense.grams, 1) + s2 * np.eye(dense.Phi.shape[0])
+    b = np.asarray(jax.random.normal(jax.random.key(6), (3, len(K))), np.float64)
+    for dtype, products in ((jnp.float32, 2), (jnp.float64, 1)):
+        traced = []
+
+        def apply(u):
+            traced.append(u.dtype)
+            return u @ jnp.asarray(K, dtype)
+
+        with jax.enable_x64(dtype == jnp.float64):
+            x, info = jax.jit(lambda b: solvers.cg(apply, b, tol=1e-3, max_iter=2000))(
+                jnp.asarray(b, dtype))
+            x, reported = np.asarray(x, np.float64), np.asarray(info.residual, np.float64)
+        true = np.linalg.norm(b - x @ K, axis=1) / np.linalg.norm(b, axis=1)
+        assert len(traced) == products, (dtype, traced)
+        if dtype == jnp.float32:  # the recursion claims 1e-3, the truth and the report do not
+            assert bool(jnp.all(info.converged)) and np.all(true > 1e-3)
+            assert np.all(reported > 1e-3), reported
+        else:
+            assert bool(jnp.all(info.converged)) and np.all(true <= 1e-3 * (1 + 1e-6))
+            np.testing.assert_allclose(reported, true, rtol=1e-6)
+
+
+def test_single_group_gamma_features_need_no_product(p16):
+    """w . J^T A^T (A J w) per group: with one group the code takes ||A J w||^2 (no product
+    with J^T A^T), with several the per-group sums; both equal the dense computation."""
+    dense = p16["dense"]
+    Phi = dense.Phi
+    w = np.asarray(jax.random.normal(jax.random.key(7), (3, Phi.shape[1])), np.float64)
+    phi_w = w @ Phi.T
+    products = []
+
+    def phi_t(u):
+        products.append(1)
+        return u @ Phi
+
+    one = p16["model"].prior
+    several = priors.make_prior("per-layer", p16["params"])
+    assert one.num_groups == 1 and several.num_groups > 1
+    index = np.asarray(several.index)
+    per_group = np.stack([np.sum((w * (phi_w @ Phi))[:, index == g], axis=1)
+                          for g in range(several.num_groups)], axis=1)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(sampling._gamma_features(one, w, phi_w, phi_t),
+                                   per_group.sum(1, keepdims=True), rtol=1e-9)
+        assert not products
+        np.testing.assert_allclose(sampling._gamma_features(several, w, phi_w, phi_t),
+                                   per_group, rtol=1e-9)
+    assert products
+
+
 def test_nystrom_in_blocks_equals_all_at_once_and_full_rank_is_exact(p16):
     """The memory-bounded set-up (products with P in blocks, padded) gives the same factor;
     at full rank the approximation is P itself."""

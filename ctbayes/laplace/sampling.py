@@ -193,6 +193,15 @@ def _solve(model, hyper, t, e, prep, opts: SolverOptions):
     return t + var * phi_t(v), e - s2 * v, info.iterations, info.residual, info.converged
 
 
+def _gamma_features(prior, w, phi_w, phi_t):
+    """Per row and group, w_g . (J^T A^T phi_w)_g, phi_w = A J w (the features estimate of
+    gamma times s2, see `em`). With one group it is the whole dot product, ||phi_w||^2,
+    which needs no product with J^T A^T (half a product with P per row saved)."""
+    if prior.num_groups == 1:
+        return jnp.sum(jnp.square(phi_w), axis=1, keepdims=True)
+    return prior.group_sum(w * phi_t(phi_w))
+
+
 # -- samples and the mean, in one batch -----------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("opts", "mesh", "return_weights"))
 def _samples(model, hyper, keys, is_mean, prep, opts, mesh, return_weights):
@@ -212,7 +221,7 @@ def _samples(model, hyper, keys, is_mean, prep, opts, mesh, return_weights):
 
         t, e = jax.vmap(draw)(keys, is_mean)
         w, phi_w, iters, residual, converged = _solve(model, hyper, t, e, prep, opts)
-        gamma_f = model.prior.group_sum(w * phi_t(phi_w)) / s2
+        gamma_f = _gamma_features(model.prior, w, phi_w, phi_t) / s2
         gamma_w = model.prior.group_sum(w * w / var)
         w_mean = jnp.sum(jnp.where(is_mean[:, None], w, 0.0), axis=0, keepdims=True)
         misfit = jnp.sum(jnp.where(is_mean[:, None], jnp.square(e - phi_w), 0.0)).reshape(1)

@@ -242,6 +242,30 @@ def test_cg_residuals_are_true_and_float64_skips_the_recomputing_product(p16):
             np.testing.assert_allclose(reported, true, rtol=1e-6)
 
 
+def test_cg_side_outputs_and_sample_images_are_the_maps_of_the_solution(p16):
+    """cg(side=True) returns a(x) for the linear map a that its products compute on the way,
+    accumulated along the iterations: it equals a applied to the returned x. The samples use
+    it for their images, which must be J w_s (dense J, float64) of their own weights."""
+    dense, v, s2 = p16["dense"], p16["v"], p16["s2"]
+    K = np.tensordot(v, dense.grams, 1) + s2 * np.eye(dense.Phi.shape[0])
+    G = np.asarray(jax.random.normal(jax.random.key(8), (len(K), 5)), np.float64)
+    b = np.asarray(jax.random.normal(jax.random.key(9), (3, len(K))), np.float64)
+    with jax.enable_x64(True):
+        x, info, (a,) = solvers.cg(lambda u: (u @ K, (u @ G,)), jnp.asarray(b), tol=1e-8,
+                                   max_iter=2000, side=True)
+        assert bool(jnp.all(info.converged))
+        np.testing.assert_allclose(a, np.asarray(x) @ G, rtol=1e-9, atol=1e-12 * np.abs(G).max())
+    draws = sampling.posterior_samples(p16["model"], p16["hyper"], jax.random.key(4), 4, OPTS,
+                                       return_weights=True)
+    images = np.asarray(draws.weights, np.float64) @ dense.J.T
+    np.testing.assert_allclose(np.asarray(draws.images, np.float64).reshape(4, -1), images,
+                               atol=1e-4 * np.abs(images).max())
+    mean_image = dense.J @ np.asarray(draws.mean.weights, np.float64)
+    np.testing.assert_allclose(np.asarray(draws.mean.image - p16["model"].offset_image,
+                                          np.float64).ravel(), mean_image,
+                               atol=1e-4 * np.abs(mean_image).max())
+
+
 def test_single_group_gamma_features_need_no_product(p16):
     """w . J^T A^T (A J w) per group: with one group the code takes ||A J w||^2 (no product
     with J^T A^T), with several the per-group sums; both equal the dense computation."""

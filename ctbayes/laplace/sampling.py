@@ -177,20 +177,32 @@ def preconditioner(model: LinearModel, hyper: Hyper, key: jax.Array, opts: Solve
 def _solve(model, hyper, t, e, prep, opts: SolverOptions):
     """w = t + S J^T A^T K^-1 (e - A J t) for rows (t, e).
 
-    Returns (w, A J w, iterations, residual, converged). With CG, A J w is taken as e - s2 v
-    (v = K^-1 (e - A J t); equal to A J w at convergence), which keeps the features estimate
-    of gamma insensitive to the part of the CG error that K amplifies.
+    Returns (w, J w, A J w, iterations, residual, converged). With CG, A J w is taken as
+    e - s2 v (v = K^-1 (e - A J t); equal to A J w at convergence), which keeps the features
+    estimate of gamma insensitive to the part of the CG error that K amplifies; and
+    S J^T A^T v and its image J S J^T A^T v, which every product with K computes on the
+    way, are accumulated along CG (`solvers.cg`'s side), not recomputed from v after it.
     """
-    var, phi, phi_t, apply_p, _ = operators(model, hyper)
+    var, phi, phi_t, _, jv = operators(model, hyper)
     s2 = hyper.noise_variance
     if opts.kind == "sgd":
         w, info = solvers.sample_then_optimise(phi, phi_t, var, s2, t, e, lipschitz=prep,
                                                iterations=opts.sgd_iterations)
         iters = jnp.full(t.shape[0], opts.sgd_iterations, jnp.int32)
-        return w, phi(w), iters, info.grad_norm, jnp.ones(t.shape[0], bool)
-    v, info = solvers.cg(lambda u: apply_p(u) + s2 * u, e - phi(t), precond=prep,
-                         tol=opts.cg_tol, max_iter=opts.cg_max_iter)
-    return t + var * phi_t(v), e - s2 * v, info.iterations, info.residual, info.converged
+        return w, jv(w), phi(w), iters, info.grad_norm, jnp.ones(t.shape[0], bool)
+    n = t.shape[0]
+
+    def products(u):  # (K u, (S J^T A^T u, J S J^T A^T u))
+        q = var * phi_t(u)
+        image = jv(q)
+        return model.A(image).reshape(n, -1) + s2 * u, (q, image)
+
+    image_t = jv(t)
+    v, info, (q, image_q) = solvers.cg(products, e - model.A(image_t).reshape(n, -1),
+                                       precond=prep, tol=opts.cg_tol,
+                                       max_iter=opts.cg_max_iter, side=True)
+    return (t + q, image_t + image_q, e - s2 * v, info.iterations, info.residual,
+            info.converged)
 
 
 def _gamma_features(prior, w, phi_w, phi_t):
@@ -208,7 +220,7 @@ def _samples(model, hyper, keys, is_mean, prep, opts, mesh, return_weights):
     """Solve a batch of rows: a posterior sample for each key, and the posterior mean where
     is_mean (t = 0, e = r). One compiled CG program serves both."""
     def solve_batch(keys, is_mean, model, hyper, prep):
-        var, phi, phi_t, _, jv = operators(model, hyper)
+        var, _, phi_t, _, _ = operators(model, hyper)
         s2 = hyper.noise_variance
         shape = tuple(model.A.range_shape)
         r = model.residual.reshape(-1)
@@ -220,12 +232,12 @@ def _samples(model, hyper, keys, is_mean, prep, opts, mesh, return_weights):
             return jnp.where(mean_row, 0.0, t), jnp.where(mean_row, r, e.reshape(-1))
 
         t, e = jax.vmap(draw)(keys, is_mean)
-        w, phi_w, iters, residual, converged = _solve(model, hyper, t, e, prep, opts)
+        w, image, phi_w, iters, residual, converged = _solve(model, hyper, t, e, prep, opts)
         gamma_f = _gamma_features(model.prior, w, phi_w, phi_t) / s2
         gamma_w = model.prior.group_sum(w * w / var)
         w_mean = jnp.sum(jnp.where(is_mean[:, None], w, 0.0), axis=0, keepdims=True)
         misfit = jnp.sum(jnp.where(is_mean[:, None], jnp.square(e - phi_w), 0.0)).reshape(1)
-        return (jv(w), (w if return_weights else None), w_mean, misfit, gamma_f, gamma_w,
+        return (image, (w if return_weights else None), w_mean, misfit, gamma_f, gamma_w,
                 iters, residual, converged)
 
     def local(keys, is_mean, model, hyper, prep):

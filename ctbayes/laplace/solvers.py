@@ -40,35 +40,45 @@ class CGInfo(NamedTuple):
 
 
 def cg(apply: Callable, b: jax.Array, *, precond: Callable | None = None, tol: float = 1e-4,
-       max_iter: int = 200) -> tuple[jax.Array, CGInfo]:
+       max_iter: int = 200, side: bool = False):
     """Solve K x = b for each row of b (n, m) by preconditioned conjugate gradients.
 
     apply: (n, m) -> (n, m), K applied row by row (symmetric positive definite).
     precond: (n, m) -> (n, m), an approximation of K^-1 (symmetric positive definite).
+    Returns (x, CGInfo), or with side=True (x, CGInfo, a(x)): apply then returns
+    (K p, a(p)) for a linear map a (a pytree of (n, ...) arrays) that K's product computes
+    on the way, and a(x) = sum_k alpha_k a(p_k) is accumulated along the iterations like x
+    itself, which spares a product with a after the solve (`sampling` takes a posterior
+    sample's weights and image this way).
     The returned residuals: in float32 recomputed from x (one more product with K), as the
     recursion's can drift below the truth when K is ill-conditioned; in float64 the
     recursion's own, whose drift (about eps64 * cond(K), 1e-8 on HTC2022) lies far below
     any tolerance, which saves that product (a seventh of a 4-iteration sample's work).
     """
     precond = precond or (lambda v: v)
+    products = apply if side else (lambda p: (apply(p), ()))
     bnorm = jnp.linalg.norm(b, axis=1)
     safe = jnp.where(bnorm > 0, bnorm, 1.0)
     x = jnp.zeros_like(b)
+    ax = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                      jax.eval_shape(products, b)[1]) if side else ()
     z = precond(b)
     rz = jnp.sum(b * z, axis=1)
     active = bnorm > 0
-    state = (0, x, b, z, rz, active, jnp.zeros(b.shape[0], jnp.int32))
+    state = (0, x, ax, b, z, rz, active, jnp.zeros(b.shape[0], jnp.int32))
 
     def cond(state):
         k, *_, active, _ = state
         return (k < max_iter) & jnp.any(active)
 
     def body(state):
-        k, x, r, p, rz, active, iters = state
-        kp = apply(p)
+        k, x, ax, r, p, rz, active, iters = state
+        kp, ap = products(p)
         pkp = jnp.sum(p * kp, axis=1)
         alpha = jnp.where(active & (pkp > 0), rz / jnp.where(pkp > 0, pkp, 1.0), 0.0)
         x = x + alpha[:, None] * p
+        ax = jax.tree.map(lambda acc, a: acc + alpha.reshape((-1,) + (1,) * (a.ndim - 1)) * a,
+                          ax, ap)
         r = r - alpha[:, None] * kp
         iters = iters + active.astype(jnp.int32)
         still = active & (jnp.linalg.norm(r, axis=1) > tol * safe)
@@ -76,12 +86,12 @@ def cg(apply: Callable, b: jax.Array, *, precond: Callable | None = None, tol: f
         rz_new = jnp.sum(r * z, axis=1)
         beta = jnp.where(still, rz_new / jnp.where(rz != 0, rz, 1.0), 0.0)
         p = jnp.where(still[:, None], z + beta[:, None] * p, p)
-        return k + 1, x, r, p, jnp.where(still, rz_new, rz), still, iters
+        return k + 1, x, ax, r, p, jnp.where(still, rz_new, rz), still, iters
 
-    _, x, r, _, _, active, iters = jax.lax.while_loop(cond, body, state)
-    final = r if b.dtype == jnp.float64 else b - apply(x)
-    residual = jnp.linalg.norm(final, axis=1) / safe
-    return x, CGInfo(iters, residual, ~active)
+    _, x, ax, r, _, _, active, iters = jax.lax.while_loop(cond, body, state)
+    final = r if b.dtype == jnp.float64 else b - products(x)[0]
+    info = CGInfo(iters, jnp.linalg.norm(final, axis=1) / safe, ~active)
+    return (x, info, ax) if side else (x, info)
 
 
 def check_convergence(info: CGInfo, tol: float, what: str = "CG") -> dict:

@@ -266,6 +266,23 @@ def test_cg_side_outputs_and_sample_images_are_the_maps_of_the_solution(p16):
                                atol=1e-4 * np.abs(mean_image).max())
 
 
+def test_power_iteration_finds_the_top_eigenvalue_with_one_traced_product(p16):
+    """lam_max of this problem's P (dense, numpy eigvalsh) to 1e-3, with the product traced
+    once (inside the loop, so compiled once)."""
+    dense, v = p16["dense"], p16["v"]
+    P = np.tensordot(v, dense.grams, 1)
+    truth = np.linalg.eigvalsh(P)[-1]
+    traced = []
+
+    def apply(u):
+        traced.append(1)
+        return u @ jnp.asarray(P, jnp.float32)
+
+    lam = jax.jit(lambda key: solvers.power_max_eig(apply, len(P), key))(jax.random.key(2))
+    assert float(lam) == pytest.approx(truth, rel=1e-3)
+    assert len(traced) == 1
+
+
 def test_single_group_gamma_features_need_no_product(p16):
     """w . J^T A^T (A J w) per group: with one group the code takes ||A J w||^2 (no product
     with J^T A^T), with several the per-group sums; both equal the dense computation."""

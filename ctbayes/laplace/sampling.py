@@ -133,7 +133,7 @@ def operators(model: LinearModel, hyper: Hyper):
 
 @jax.jit
 def top_eigenvalue(model: LinearModel, hyper: Hyper, key: jax.Array) -> jax.Array:
-    """lam_max(P) by power iteration (30 products with P)."""
+    """lam_max(P) by power iteration (30 steps, `solvers.power_max_eig`)."""
     _, _, _, apply_p, _ = operators(model, hyper)
     return solvers.power_max_eig(apply_p, model.num_data, key, dtype=model.theta.dtype)
 

@@ -164,15 +164,21 @@ def blocked(apply: Callable, rows: jax.Array, block: int | None) -> jax.Array:
 
 
 def power_max_eig(apply: Callable, m: int, key: jax.Array, iterations: int = 30, dtype=jnp.float32):
-    """The largest eigenvalue of a PSD operator (n, m) -> (n, m), by power iteration."""
+    """The largest eigenvalue of a PSD operator (n, m) -> (n, m), by power iteration: the
+    Rayleigh quotient v.Av of the iterate after `iterations` steps. Each step's product
+    also gives the Rayleigh quotient of the iterate it starts from, so the operator appears
+    once in the compiled program, inside the loop (for a network Jacobian's product a
+    second copy after the loop doubled the compilation time)."""
     v = jax.random.normal(key, (1, m), dtype)
 
-    def step(v, _):
+    def step(carry, _):
+        v, _ = carry
         w = apply(v)
-        return w / jnp.linalg.norm(w), None
+        return (w / jnp.linalg.norm(w), jnp.sum(v * w)), None
 
-    v, _ = jax.lax.scan(step, v / jnp.linalg.norm(v), None, length=iterations)
-    return jnp.sum(v * apply(v))
+    start = (v / jnp.linalg.norm(v), jnp.zeros((), dtype))
+    (_, rayleigh), _ = jax.lax.scan(step, start, None, length=iterations + 1)
+    return rayleigh
 
 
 class SGDInfo(NamedTuple):

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from ctbayes import __version__
+from ctbayes.errors import InputError
 from ctbayes.io.atomic import atomic_path
 
 
@@ -76,17 +77,29 @@ def write_result(result: Reconstruction, path, scan_path=None) -> Path:
 
 
 def read_result(path) -> Reconstruction:
-    """Read a result file written by `write_result`."""
-    with h5py.File(path, "r") as f:
-        group = f["reconstruction"]
-        attrs = dict(group.attrs)
-        return Reconstruction(
-            mean=group["mean"][()],
-            std=group["std"][()] if "std" in group else None,
-            samples=group["samples"][()] if "samples" in group else None,
-            method=str(attrs["method"]),
-            settings=json.loads(attrs["settings"]),
-            timings={k[8:]: float(v) for k, v in attrs.items() if k.startswith("seconds_")},
-            metrics={k[7:]: float(v) for k, v in attrs.items() if k.startswith("metric_")},
-            hyperparameters={k[6:]: float(v) for k, v in attrs.items() if k.startswith("hyper_")},
-        )
+    """Read a result file written by `write_result`; a file that is not one raises
+    InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such result file.")
+    if path.stat().st_size == 0 or not h5py.is_hdf5(path):
+        raise InputError(f"{path}: not an HDF5 file (expected a ctbayes result file).")
+    try:
+        with h5py.File(path, "r") as f:
+            if "reconstruction/mean" not in f:
+                raise InputError(f"{path}: no /reconstruction/mean, not a ctbayes result file.")
+            group = f["reconstruction"]
+            attrs = dict(group.attrs)
+            return Reconstruction(
+                mean=group["mean"][()],
+                std=group["std"][()] if "std" in group else None,
+                samples=group["samples"][()] if "samples" in group else None,
+                method=str(attrs["method"]),
+                settings=json.loads(attrs["settings"]),
+                timings={k[8:]: float(v) for k, v in attrs.items() if k.startswith("seconds_")},
+                metrics={k[7:]: float(v) for k, v in attrs.items() if k.startswith("metric_")},
+                hyperparameters={k[6:]: float(v) for k, v in attrs.items()
+                                 if k.startswith("hyper_")},
+            )
+    except (OSError, KeyError, RuntimeError, ValueError) as err:
+        raise InputError(f"{path}: the result file is truncated or corrupt ({err}).") from None

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--ensemble", type=int, default=UncertaintyConfig.ensemble,
                      help="fit this many DIPs (seeds SEED, SEED+1, ...) and mix their "
                           "posteriors; costs that many times one run")
+    rec.add_argument("--std-scale", type=float, default=UncertaintyConfig.std_scale,
+                     help="multiply the std map and the samples' deviations by this "
+                          "calibration factor (from `ctbayes calibrate` on scans with a "
+                          "known truth or reference)")
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file")
@@ -99,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     from ctbayes.design.command import add_parser as add_design_parser
 
     add_design_parser(sub)
+
+    cal = sub.add_parser("calibrate", help="the --std-scale that calibrates std maps, from "
+                                           "results of scans with a truth or reference")
+    cal.add_argument("results", type=Path, nargs="+", help="result files (.ctbayes.h5)")
 
     sim = sub.add_parser("simulate", help="simulate a scan of a phantom, with its ground truth")
     sim.add_argument("output", type=Path)
@@ -139,7 +147,7 @@ def _reconstruct(args):
                                    em_cycles=args.em_cycles, em_tol=args.em_tol,
                                    solver=args.solver,
                                    dropout=args.dropout, seed=args.seed,
-                                   ensemble=args.ensemble)
+                                   ensemble=args.ensemble, std_scale=args.std_scale)
                                if args.method == "dip" else UncertaintyConfig(
                                    method="none", ensemble=args.ensemble))
     checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
@@ -207,6 +215,17 @@ def _simulate(args):
     print(f"wrote {args.output}: {geometry.describe()}")
 
 
+def _calibrate(args):
+    from ctbayes.calibration import std_scale, unscaled_z_rms
+    from ctbayes.results import read_result
+
+    values = [unscaled_z_rms(read_result(path), str(path)) for path in args.results]
+    for path, value in zip(args.results, values):
+        print(f"{path}: z_rms {value:.4g} (unscaled)")
+    scale = std_scale(values)
+    print(f"std scale {scale:.4g}: use ctbayes reconstruct SCAN --std-scale {scale:.4g}")
+
+
 def _design(args):
     from ctbayes.design.command import run
 
@@ -214,7 +233,7 @@ def _design(args):
 
 
 COMMANDS = {"reconstruct": _reconstruct, "info": _info, "import": _import, "simulate": _simulate,
-            "design": _design}
+            "design": _design, "calibrate": _calibrate}
 
 
 def _enable_compile_cache() -> None:

@@ -65,6 +65,19 @@ def best_constant_std(truth, mean) -> float:
     return float(np.sqrt(np.mean((np.asarray(truth, np.float64) - np.asarray(mean, np.float64)) ** 2)))
 
 
+def _blocks(a, patch: int):
+    """(..., h, w) -> (..., rows * cols, patch * patch): the whole non-overlapping patches."""
+    rows, cols = a.shape[-2] // patch, a.shape[-1] // patch
+    a = a[..., : rows * patch, : cols * patch]
+    a = a.reshape(a.shape[:-2] + (rows, patch, cols, patch))
+    return np.moveaxis(a, -3, -2).reshape(a.shape[:-4] + (rows * cols, patch * patch))
+
+
+def patches_inside(mask, patch: int) -> np.ndarray:
+    """Which whole patch x patch blocks (`patch_log_likelihood`'s) lie wholly inside mask."""
+    return _blocks(np.asarray(mask, bool), patch).all(-1)
+
+
 def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=None) -> float:
     """Per-pixel log-likelihood of the truth under Gaussians fitted to posterior samples on
     non-overlapping patch x patch blocks (sample mean and covariance, plus jitter * I), as
@@ -77,21 +90,15 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
     if rows == 0 or cols == 0:
         raise ValueError(f"a {patch}x{patch} patch does not fit a {h}x{w} image")
     d = patch * patch
-
-    def blocks(a):  # (..., rows*patch, cols*patch) -> (..., rows*cols, d)
-        a = a[..., : rows * patch, : cols * patch]
-        a = a.reshape(a.shape[:-2] + (rows, patch, cols, patch))
-        return np.moveaxis(a, -3, -2).reshape(a.shape[:-4] + (rows * cols, d))
-
-    x = blocks(samples)  # (n, P, d)
+    x = _blocks(samples, patch)  # (n, P, d)
     centred = x - x.mean(0)
     cov = np.einsum("npi,npj->pij", centred, centred) / max(n - 1, 1) + jitter * np.eye(d)
-    diff = blocks(truth) - x.mean(0)
+    diff = _blocks(truth, patch) - x.mean(0)
     chol = np.linalg.cholesky(cov)
     z = np.linalg.solve(chol, diff[..., None])[..., 0]
     logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
     logp = -0.5 * (np.sum(z**2, -1) + logdet + d * np.log(2 * np.pi))
-    inside = np.ones(rows * cols, bool) if mask is None else blocks(np.asarray(mask, bool)).all(-1)
+    inside = np.ones(rows * cols, bool) if mask is None else patches_inside(mask, patch)
     if not inside.any():
         raise ValueError(f"no whole {patch}x{patch} patch lies inside the mask")
     return float(logp[inside].sum() / (inside.sum() * d))

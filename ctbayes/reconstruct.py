@@ -17,7 +17,7 @@ from ctbayes.operators import make_ray_transform
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
 from ctbayes.uncertainty import (UncertaintyConfig, dip_config_for, image_posterior, mixture,
-                                 summarise)
+                                 scoring_target, summarise)
 
 METHODS = ("dip", "fbp", "tv")
 
@@ -144,7 +144,8 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
                   for key, value in learned.items()}
         precision.append(getattr(posterior, "precision", None))
         cycles.append(len(posterior.history) if config.method == "laplace" else None)
-    summary = mixture(summaries, config.save_samples, scan.ground_truth)
+    truth, mask, suffix = _uncertainty_target(scan, summaries)
+    summary = mixture(summaries, config.save_samples, truth, mask, config.std_scale)
     timings["uncertainty_sampling"] = summary.seconds
     timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
     timings["uncertainty_compile"] = compile_seconds() - compiled_before  # part of the above
@@ -158,10 +159,23 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
     # dropout and of the VI posteriors (averaged over an ensemble); the metrics and figures
     # are all about this image
     image = summary.mean
-    scores = score(image, scan, A) | summary.metrics
+    scores = score(image, scan, A) | {key + suffix: v for key, v in summary.metrics.items()}
     return Reconstruction(mean=image, method="dip", settings=settings, timings=timings,
                           std=summary.std, samples=summary.samples if len(summary.samples) else None,
                           metrics=scores, hyperparameters=hyper)
+
+
+def _uncertainty_target(scan: Scan, summaries) -> tuple:
+    """(truth, mask, metric suffix) to score the posterior against: the ground truth; for
+    real data with a reference FBP, that reference scaled to the posterior's mean, inside
+    the object (`uncertainty.scoring_target`), its metrics named *_vs_reference_fbp; else
+    (None, None, "")."""
+    if scan.ground_truth is not None:
+        return scan.ground_truth, None, ""
+    if "fbp" not in scan.references:
+        return None, None, ""
+    centre = np.mean([s.mean for s in summaries], 0)  # the mixture's mean
+    return *scoring_target(scan, centre), "_vs_reference_fbp"
 
 
 def _tv(A, scan, config):

@@ -56,6 +56,10 @@ class UncertaintyConfig:
     dropout: the dropout rate of the DIP-MCDO fit (the rate of Laves et al. 2020 is 0.1 on
       much larger networks; 0.05 kept the MCDO fit within about 1 dB of the plain DIP here).
     seed: seeds the hyperparameter EM and the samples.
+    std_scale: multiply the posterior's deviations from its mean (std map and samples) by
+      this factor, a calibration learned on other scans with a known truth or reference
+      (`calibration`): sigma scaling, which for the linear model is the posterior at
+      temperature std_scale^2. 1: the posterior as it is.
     ensemble: fit this many DIPs, from DIP seeds seed, seed + 1, ..., each with its own
       posterior, and report their equal-weight mixture (`mixture`; for Laplace a mixture of
       Laplace approximations, Eschenhagen et al. 2021). It costs that many times one pass;
@@ -75,6 +79,7 @@ class UncertaintyConfig:
     precond_rank: int = 1024
     precision: str = "auto"
     ensemble: int = 1
+    std_scale: float = 1.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -90,6 +95,8 @@ class UncertaintyConfig:
             raise InputError(f"The EM tolerance must be a number >= 0, got {self.em_tol}.")
         if not 0 < self.dropout < 1:
             raise InputError(f"The dropout rate must lie in (0, 1), got {self.dropout}.")
+        if not (0 < self.std_scale < float("inf")):
+            raise InputError(f"The std scale must be a positive number, got {self.std_scale}.")
         if self.ensemble < 1:
             raise InputError(f"An ensemble needs at least 1 member, got {self.ensemble}.")
 
@@ -182,8 +189,8 @@ def summarise(posterior, config: UncertaintyConfig, ground_truth=None,
                               time.perf_counter() - start)
 
 
-def mixture(members: list[UncertaintySummary], save_samples: int,
-            ground_truth=None) -> UncertaintySummary:
+def mixture(members: list[UncertaintySummary], save_samples: int, ground_truth=None,
+            mask=None, std_scale: float = 1.0) -> UncertaintySummary:
     """The equal-weight mixture of several posteriors' summaries (an ensemble of DIP fits).
 
     Its mean is the members' average and its variance the average member variance plus the
@@ -192,12 +199,17 @@ def mixture(members: list[UncertaintySummary], save_samples: int,
     first `save_samples` hold every member (one member: its own summary, with metrics).
     The members' summaries must keep all their samples (`summarise` with save_samples =
     samples) for the pooled patch log-likelihoods.
+    std_scale: multiplies the std and every sample's deviation from the mean (a calibration,
+    see `UncertaintyConfig`), before the metrics (against ground_truth, inside mask) score it.
     """
     means = np.stack([m.mean for m in members])
     variance = np.mean([m.std.astype(np.float64) ** 2 for m in members], 0) + means.var(0)
     mean, std = means.mean(0).astype(np.float32), np.sqrt(variance).astype(np.float32)
     pooled = np.stack([m.samples for m in members], 1).reshape((-1,) + mean.shape)
-    scores = uncertainty_metrics(ground_truth, mean, std, pooled) \
+    if std_scale != 1:
+        std = (std * np.float32(std_scale)).astype(np.float32)
+        pooled = (mean + np.float32(std_scale) * (pooled - mean)).astype(np.float32)
+    scores = uncertainty_metrics(ground_truth, mean, std, pooled, mask) \
         if ground_truth is not None else {}
     return UncertaintySummary(mean, std, pooled[:save_samples], scores,
                               sum(m.seconds for m in members))
@@ -208,7 +220,7 @@ def uncertainty_metrics(truth, mean, std, samples=None, mask=None) -> dict:
     patch-wise from the samples for k in PATCH_SIZES that fit), 50/90/95% coverage and the
     rms of the z-scores (`metrics.z_rms`: how far the std map's overall scale is off).
     mask: score only these pixels (e.g. a scanner's field of view; the patch scores then
-    take the patches wholly inside it)."""
+    take the patches wholly inside it, and a k with no such patch is left out)."""
     if mask is None:
         pixels = (truth, mean, std)
     else:
@@ -220,7 +232,8 @@ def uncertainty_metrics(truth, mean, std, samples=None, mask=None) -> dict:
         *pixels[:2], np.full_like(pixels[2], constant))
     if samples is not None:
         for k in PATCH_SIZES:
-            if k <= min(np.shape(truth)) and len(samples) > 1:
+            if k <= min(np.shape(truth)) and len(samples) > 1 and (
+                    mask is None or metrics.patches_inside(mask, k).any()):
                 result[f"patch_log_likelihood_{k}"] = metrics.patch_log_likelihood(
                     truth, samples, k, mask=mask)
     for level, value in metrics.coverage(*pixels).items():

@@ -141,6 +141,8 @@ BAD_SETTINGS = {  # flags after `reconstruct SCAN`: the error, raised before any
     "negative EM cycles": (["--em-cycles", "-1"], "cycles >= 0, got -1"),
     "negative learning rate": (["--lr", "-1"], "lr must be positive, got -1.0."),
     "empty ensemble": (["--ensemble", "0"], "at least 1 member, got 0"),
+    "zero std scale": (["--std-scale", "0"], "std scale must be a positive number, got 0.0"),
+    "NaN std scale": (["--std-scale", "nan"], "std scale must be a positive number, got nan"),
     "ensemble of TV": (["--method", "tv", "--ensemble", "2"], "needs the dip method"),
     "ensemble without uncertainty": (["--uncertainty", "none", "--ensemble", "2"],
                                      "an uncertainty method other than none"),
@@ -195,6 +197,25 @@ def test_other_commands_check_their_destination_first(tmp_path, capsys, monkeypa
         err = capsys.readouterr().err.strip()
         assert err.startswith("ctbayes: error: ") and what in err and err.count("\n") == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]
+
+
+def test_calibrate_refuses_files_without_a_scored_std_map(tmp_path, capsys):
+    """calibrate reads result files: a missing, empty, non-HDF5 or foreign HDF5 file, and
+    a result with no z_rms (FBP has no std map), each get one sentence and exit status 2."""
+    scan_path = _valid(tmp_path / "ok.h5")
+    fbp = tmp_path / "fbp.h5"
+    assert main(["reconstruct", str(scan_path), "--method", "fbp", "-o", str(fbp)]) == 0
+    (tmp_path / "empty.h5").write_bytes(b"")
+    (tmp_path / "text.h5").write_text("not a result")
+    cases = {"missing.h5": "no such result file", "empty.h5": "not an HDF5 file",
+             "text.h5": "not an HDF5 file", "ok.h5": "no /reconstruction/mean",
+             "fbp.h5": "has no z_rms metric"}
+    capsys.readouterr()
+    for name, expected in cases.items():
+        assert main(["calibrate", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ctbayes: error: ") and expected in err, err
+        assert err.count("\n") == 0
 
 
 @pytest.mark.parametrize("error", [MemoryError("Unable to allocate 74.5 GiB"),

@@ -135,6 +135,60 @@ def test_mixture_has_the_moments_of_its_pooled_members():
     np.testing.assert_array_equal(alone.samples, members[1].samples[:3])
 
 
+def test_std_scale_is_the_likelihood_optimum_and_scales_the_deviations():
+    """The calibration scale sqrt(mean z^2) maximises the Gaussian log-likelihood over
+    scales (checked on a grid); the mixture with std_scale c has c times the std and the
+    samples' deviations, the same mean, and z-scores 1/c times as large."""
+    from ctbayes.calibration import std_scale
+
+    rng = np.random.default_rng(3)
+    shape = (6, 7)
+    mean = rng.normal(size=shape).astype(np.float32)
+    std = np.exp(rng.normal(size=shape)).astype(np.float32)
+    truth = mean + 2.5 * std * rng.normal(size=shape)
+    z = float(np.sqrt(np.mean(((truth - mean) / std) ** 2)))
+    grid = np.linspace(0.5, 6, 2201)
+    best = grid[np.argmax([metrics.gaussian_log_likelihood(truth, mean, std * c) for c in grid])]
+    assert std_scale([z]) == pytest.approx(z) and best == pytest.approx(z, abs=3e-3)
+    assert std_scale([3.0, 4.0]) == pytest.approx(np.sqrt(12.5))  # scans count equally
+    samples = (mean + std * rng.normal(size=(5,) + shape)).astype(np.float32)
+    member = uncertainty.UncertaintySummary(mean, std, samples, {}, 1.0)
+    scaled = uncertainty.mixture([member], 5, truth, std_scale=z)
+    np.testing.assert_array_equal(scaled.mean, mean)
+    np.testing.assert_allclose(scaled.std, z * std, rtol=1e-6)
+    np.testing.assert_allclose(scaled.samples - mean, z * (samples - mean), rtol=1e-5, atol=1e-6)
+    assert scaled.metrics["z_rms"] == pytest.approx(1.0, rel=1e-5)
+    plain = uncertainty.mixture([member], 5, truth)
+    assert plain.metrics["z_rms"] == pytest.approx(z, rel=1e-5)
+    assert scaled.metrics["log_likelihood"] > plain.metrics["log_likelihood"]
+
+
+def test_real_data_posteriors_are_scored_against_the_reference(scan32):
+    """A scan without a truth but with a reference FBP gets the uncertainty metrics against
+    that reference (scaled to the mean, inside the object), named *_vs_reference_fbp,
+    which calibrate reads like z_rms."""
+    from ctbayes.calibration import unscaled_z_rms
+    from ctbayes.scan import Scan
+
+    truth = scan32.ground_truth
+    real = Scan(scan32.sinogram, scan32.geometry,
+                references={"fbp": 2 * truth, "segmentation": (truth > 0).astype(np.float32)})
+    config = ReconstructConfig(dip=DIPConfig(iterations=60, **SMALL_DIP),
+                               uncertainty=uncertainty.UncertaintyConfig(
+                                   samples=8, em_cycles=1, std_scale=1.5))
+    result = reconstruct(real, config)
+    truth, mask = uncertainty.scoring_target(real, result.mean)
+    assert 0.2 < mask.mean() < 0.9  # inside the object
+    expected = metrics.z_rms(truth[mask], result.mean[mask], result.std[mask])
+    assert result.metrics["z_rms_vs_reference_fbp"] == pytest.approx(expected, rel=1e-5)
+    assert "z_rms" not in result.metrics and "coverage_90_vs_reference_fbp" in result.metrics
+    # no whole 10x10 patch lies inside this object: that patch score is left out, not an error
+    assert "patch_log_likelihood_2_vs_reference_fbp" in result.metrics
+    assert not metrics.patches_inside(mask, 10).any()
+    assert "patch_log_likelihood_10_vs_reference_fbp" not in result.metrics
+    assert unscaled_z_rms(result) == pytest.approx(1.5 * expected, rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def scan32():
     geometry = default_geometry(32, views=20)
@@ -284,6 +338,29 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     assert 0 <= result.timings["uncertainty_compile"] <= result.timings["uncertainty"]
     for name in ("std.png", "error_vs_std.png", "calibration.png"):
         assert (figures / name).stat().st_size > 5_000
+    # calibrate: the scale is the rms z-score against the truth, which maximises the
+    # likelihood of the truth under std * scale; reconstructing with it scales the std map
+    # and the samples' deviations by exactly that factor, and the z-scores then have rms 1
+    truth = read_scan(scan_path).ground_truth
+    z_rms = np.sqrt(np.mean(((truth - result.mean) / result.std.astype(np.float64)) ** 2))
+    capsys.readouterr()
+    assert main(["calibrate", str(out)]) == 0
+    scale = float(capsys.readouterr().out.split("--std-scale ")[-1])
+    assert scale == pytest.approx(z_rms, rel=1e-3)
+    scaled = tmp_path / "scaled.h5"
+    assert main(["reconstruct", str(scan_path), "-o", str(scaled), "--iterations", "150",
+                 "--scales", "2", "--channels", "8,16", "--skip-channels", "0,4", "--samples", "16", "--save-samples", "4",
+                 "--em-cycles", "2", "--std-scale", str(scale), "--no-progress"]) == 0
+    again = read_result(scaled)
+    np.testing.assert_allclose(again.mean, result.mean, atol=1e-6)
+    np.testing.assert_allclose(again.std, scale * result.std, rtol=1e-5)
+    np.testing.assert_allclose(again.samples - again.mean, scale * (result.samples - result.mean),
+                               rtol=1e-4, atol=1e-6)
+    assert again.metrics["z_rms"] == pytest.approx(1.0, rel=1e-3)
+    assert again.settings["uncertainty_std_scale"] == scale
+    capsys.readouterr()
+    assert main(["calibrate", str(scaled), str(out)]) == 0  # unscaled z_rms of both: the same
+    assert float(capsys.readouterr().out.split("--std-scale ")[-1]) == pytest.approx(scale, rel=1e-3)
     # off switch and a clean error for a bad sample count
     plain = tmp_path / "plain.h5"
     assert main(["reconstruct", str(scan_path), "-o", str(plain), "--iterations", "5",

@@ -1,6 +1,6 @@
 """Uncertainty: what the posterior costs next to the DIP fit, and how well it is calibrated.
 
-For every shipped scan and HTC2022 `ta` (60 views over 360 degrees), one DIP fit per
+For every shipped scan and HTC2022 `ta` and `tb` (60 views over 360 degrees), one DIP fit per
 posterior, then: seconds of the DIP fit, of the hyperparameter fit (EM for Laplace, the
 optimisation for the VI posteriors) and of the sampling, the ratio of the uncertainty time
 to the DIP fit time (target for Laplace at 128x128: at most 2), the per-pixel Gaussian test
@@ -14,7 +14,10 @@ object (its filled segmentation, within the scanner's field of view); PSNR over 
 image. HTC2022 also gets a check against a real measurement: the 60 views halfway between
 the measured ones are held out, and the posterior predicts them (samples pushed through
 their ray transform, plus the learned noise variance; MC dropout, which has none, gets the
-DIP's residual variance): held-out log-likelihood per ray and 90% coverage.
+DIP's residual variance): held-out log-likelihood per ray and 90% coverage. And each HTC2022
+scan is scored once more with its std map calibrated on the other (`ctbayes calibrate`:
+times the other scan's rms z-score, the same method), the way a scanner's std scale is
+learned on scans with a reference and used on new ones.
 
 `--simulated` instead runs a calibration study over fresh 64x64 simulated scans (parallel
 beam, 30 views over 180 degrees): Shepp-Logan and two seeds each of random ellipses and
@@ -27,7 +30,7 @@ posteriors of K DIP fits per scan and method (`reconstruct --ensemble`); its tim
 sums over the fits.
 
     python benchmarks/uncertainty.py [--quick] [--json PATH] [--methods laplace,mcdo,...]
-        [--scans ellipses_128_fanflat,htc2022_ta,...] [--simulated [--off-grid]] [--ensemble K]
+        [--scans ellipses_128_fanflat,htc2022_ta,htc2022_tb,...] [--simulated [--off-grid]] [--ensemble K]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 from common import SCANS, SHARED_DATA, parse_args, report
 
 from ctbayes import metrics
+from ctbayes.calibration import std_scale, unscaled_z_rms
 from ctbayes.io import read_scan
 from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
@@ -48,21 +52,53 @@ from ctbayes.uncertainty import (UncertaintyConfig, heldout_view_metrics, scorin
                                  uncertainty_metrics)
 
 
-HTC_NAME = "htc2022_ta 60 views/360"
+HTC_SAMPLES = ("ta", "tb")
 
 
-def htc_scans(image_size: int):
-    """HTC2022 `ta`: every 12th of its 720 views, and the 60 views halfway between them,
-    held out to be predicted. Empty where the data is absent."""
-    path = SHARED_DATA / "htc2022" / "htc2022_ta_full.mat"
-    if not path.exists():
-        print(f"skipping HTC2022: {path} is not present")
-        return [], {}
+def htc_scans(image_size: int, samples=HTC_SAMPLES):
+    """HTC2022 samples (`ta`, `tb`): every 12th of their 720 views, and the 60 views halfway
+    between them, held out to be predicted. Empty where the data is absent."""
     from ctbayes.io.importers import import_scan
 
-    full = import_scan(path, image_size=image_size)
-    views = np.arange(0, full.geometry.num_views, 12)
-    return [(HTC_NAME, full.subset(views))], {HTC_NAME: full.subset(views + 6)}
+    scans, heldout = [], {}
+    for sample in samples:
+        path = SHARED_DATA / "htc2022" / f"htc2022_{sample}_full.mat"
+        if not path.exists():
+            print(f"skipping HTC2022 {sample}: {path} is not present")
+            continue
+        full = import_scan(path, image_size=image_size)
+        views = np.arange(0, full.geometry.num_views, 12)
+        name = f"htc2022_{sample} 60 views/360"
+        scans.append((name, full.subset(views)))
+        heldout[name] = full.subset(views + 6)
+    return scans, heldout
+
+
+def cross_calibrated_rows(real: dict, heldout: dict) -> list[dict]:
+    """Each real scan's posterior with the std scale learned on the other real scans (the
+    same method; `ctbayes.calibration`): log-likelihood and coverage inside the object, and
+    the held-out views predicted from the scaled samples. real: (scan name, method) ->
+    (scan, result, truth, mask)."""
+    rows = []
+    for (name, method), (scan, result, truth, mask) in real.items():
+        others = [other for other, m in real if m == method and other != name]
+        if not others:
+            continue
+        scale = std_scale([unscaled_z_rms(real[other, method][1]) for other in others])
+        samples = result.mean + scale * (result.samples - result.mean)
+        scores = uncertainty_metrics(truth, result.mean, result.std * scale, samples, mask)
+        row = {"scan": name, "size": result.mean.shape[0],
+               "method": f"{method}, std x {scale:.2f} from {', '.join(o.split()[0] for o in others)}",
+               "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
+               "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
+               "cov95": scores["coverage_95"], "z_rms": scores["z_rms"]}
+        if name in heldout:
+            held = heldout_view_metrics(make_ray_transform(heldout[name].geometry),
+                                        heldout[name].sinogram, samples,
+                                        predictive_noise_variance(result, scan))
+            row |= {"heldout_ll": held["log_likelihood"], "heldout_cov90": held["coverage_90"]}
+        rows.append(row)
+    return rows
 
 
 def simulated_scans(size: int = 64, off_grid: bool = False):
@@ -97,7 +133,7 @@ def extra(parser):
     parser.add_argument("--methods", default="laplace,mcdo",
                         help="comma-separated posteriors: laplace, mcdo, mfvi, score-vi")
     parser.add_argument("--scans", default=None,
-                        help="comma-separated scan names (shipped file stems, or htc2022_ta); "
+                        help="comma-separated scan names (shipped file stems, htc2022_ta, htc2022_tb); "
                              "default: all")
     parser.add_argument("--simulated", action="store_true",
                         help="calibration study on fresh simulated 64x64 scans instead")
@@ -120,9 +156,10 @@ def main():
         scans = simulated_scans(off_grid=args.off_grid)
     else:
         scans = [(p.stem, read_scan(p)) for p in SCANS if wanted is None or p.stem in wanted]
-        if wanted is None or "htc2022_ta" in wanted:
-            htc, heldout = htc_scans(64 if args.quick else 128)
-            scans += htc
+        htc, heldout = htc_scans(64 if args.quick else 128,
+                                 [s for s in HTC_SAMPLES if wanted is None or f"htc2022_{s}" in wanted])
+        scans += htc
+    real = {}  # (name, method) -> (scan, result, truth, mask) of the scans scored on a reference
     rows = []
     for name, scan in scans:
         for method in methods:
@@ -142,6 +179,8 @@ def main():
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
             truth, mask = scoring_target(scan, result.mean)
+            if scan.ground_truth is None:
+                real[name, method] = (scan, result, truth, mask)
             scores = uncertainty_metrics(truth, result.mean, result.std, result.samples, mask)
             row |= {"psnr": metrics.psnr(result.mean, truth),
                     "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
@@ -171,6 +210,7 @@ def main():
                 if held is not None:
                     baseline["heldout_ll"] = held["log_likelihood_constant_std"]
                 rows.append(baseline)
+    rows += cross_calibrated_rows(real, heldout)
     report(rows, args.json, "Uncertainty: seconds (DIP fit, posterior fit, sampling, compilation "
                             "within the last two), ratio of uncertainty to DIP time; test "
                             "log-likelihood per pixel; coverage")

@@ -82,7 +82,12 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
     """Per-pixel log-likelihood of the truth under Gaussians fitted to posterior samples on
     non-overlapping patch x patch blocks (sample mean and covariance, plus jitter * I), as
     bayes_dip reports it. Pixels outside whole patches are left out, and with a boolean
-    `mask` so are the patches not wholly inside it."""
+    `mask` so are the patches not wholly inside it.
+
+    jitter is relative to the truth's data range squared (absolute for an image in [0, 1], as
+    bayes_dip's are), so the metric does not depend on the image's units: an absolute 1e-6
+    would swamp the covariance of an HTC2022 reconstruction, whose std is about 2e-4. The data range is
+    that of the scored pixels."""
     samples = np.asarray(samples, np.float64)
     truth = np.asarray(truth, np.float64)
     n, h, w = samples.shape
@@ -91,6 +96,10 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
         raise ValueError(f"a {patch}x{patch} patch does not fit a {h}x{w} image")
     d = patch * patch
     x = _blocks(samples, patch)  # (n, P, d)
+    inside = np.ones(rows * cols, bool) if mask is None else patches_inside(mask, patch)
+    if not inside.any():
+        raise ValueError(f"no whole {patch}x{patch} patch lies inside the mask")
+    jitter = jitter * data_range(_blocks(truth, patch)[inside]) ** 2  # of the scored pixels
     centred = x - x.mean(0)
     cov = np.einsum("npi,npj->pij", centred, centred) / max(n - 1, 1) + jitter * np.eye(d)
     diff = _blocks(truth, patch) - x.mean(0)
@@ -98,9 +107,6 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
     z = np.linalg.solve(chol, diff[..., None])[..., 0]
     logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
     logp = -0.5 * (np.sum(z**2, -1) + logdet + d * np.log(2 * np.pi))
-    inside = np.ones(rows * cols, bool) if mask is None else patches_inside(mask, patch)
-    if not inside.any():
-        raise ValueError(f"no whole {patch}x{patch} patch lies inside the mask")
     return float(logp[inside].sum() / (inside.sum() * d))
 
 

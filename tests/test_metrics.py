@@ -59,6 +59,18 @@ def test_patch_log_likelihood_approaches_the_exact_density():
     assert metrics.patch_log_likelihood(truth_patch.reshape(2, 2), samples, 1) == pytest.approx(per_pixel, abs=1e-4)
 
 
+def test_patch_log_likelihood_does_not_depend_on_the_units():
+    """Truth and samples in other units (times c): every density divides by c, so the
+    log-likelihood per pixel drops by exactly log c; the jitter scales with the data range."""
+    rng = np.random.default_rng(4)
+    samples = rng.normal(size=(300, 4, 4)) * 0.05 + np.linspace(0, 1, 16).reshape(4, 4)
+    truth = samples[0] + 0.01
+    c = 1e-3  # a scan in 1/mm: std 5e-5, far below an absolute jitter of 1e-6 in variance
+    for patch in (1, 2):
+        assert metrics.patch_log_likelihood(c * truth, c * samples[1:], patch) == pytest.approx(
+            metrics.patch_log_likelihood(truth, samples[1:], patch) - np.log(c), abs=1e-9)
+
+
 def test_masked_scores_leave_the_outside_out():
     """Scored inside a mask, the metrics equal those of the pixels (and whole 2x2 patches)
     inside it, however wrong the outside is: a field of view's unmeasured corners drop out."""

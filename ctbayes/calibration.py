@@ -9,6 +9,8 @@ c = sqrt(mean((truth - mean)^2 / std^2)) (`metrics.z_rms`): measured on calibrat
 from the same scanner and protocol, it is passed to `reconstruct --std-scale` for new ones
 (Laves et al., "Well-calibrated regression uncertainty in medical imaging with deep
 learning", MIDL 2020). Several calibration scans count equally: c^2 is the mean of their c_i^2.
+A scale belongs to the posterior it was measured on (method, prior, ensemble size): an
+ensemble's mixture needs a smaller one than a single fit (README, *Calibration*).
 """
 
 from __future__ import annotations
@@ -33,6 +35,28 @@ def unscaled_z_rms(result, name: str = "result") -> float:
     if not (0 < value < math.inf):
         raise InputError(f"{name} has an unusable z_rms ({found[0]}).")
     return value
+
+
+def posterior_flags(result) -> str:
+    """The `reconstruct` flags of the posterior a result's std map comes from (method, prior,
+    ensemble size): what a std scale measured on it applies to."""
+    settings = result.settings
+    method = settings.get("uncertainty_method", "?")
+    flags = f"--uncertainty {method}"
+    if method == "laplace":
+        flags += f" --prior {settings.get('uncertainty_prior', '?')}"
+    ensemble = int(settings.get("uncertainty_ensemble", 1))
+    return flags + (f" --ensemble {ensemble}" if ensemble > 1 else "")
+
+
+def common_posterior_flags(results, names) -> str:
+    """The posterior flags shared by all results; InputError where they differ."""
+    flags = {name: posterior_flags(result) for name, result in zip(names, results)}
+    if len(set(flags.values())) > 1:
+        listed = "; ".join(f"{name}: {value}" for name, value in flags.items())
+        raise InputError(f"the results come from different posteriors ({listed}), and a std "
+                         "scale holds for one: calibrate each kind separately.")
+    return next(iter(flags.values()))
 
 
 def std_scale(z_rms_values) -> float:

@@ -216,14 +216,16 @@ def _simulate(args):
 
 
 def _calibrate(args):
-    from ctbayes.calibration import std_scale, unscaled_z_rms
+    from ctbayes.calibration import common_posterior_flags, std_scale, unscaled_z_rms
     from ctbayes.results import read_result
 
-    values = [unscaled_z_rms(read_result(path), str(path)) for path in args.results]
+    results = [read_result(path) for path in args.results]
+    values = [unscaled_z_rms(result, str(path)) for path, result in zip(args.results, results)]
+    flags = common_posterior_flags(results, [str(path) for path in args.results])
     for path, value in zip(args.results, values):
         print(f"{path}: z_rms {value:.4g} (unscaled)")
     scale = std_scale(values)
-    print(f"std scale {scale:.4g}: use ctbayes reconstruct SCAN --std-scale {scale:.4g}")
+    print(f"std scale {scale:.4g}: use ctbayes reconstruct SCAN {flags} --std-scale {scale:.4g}")
 
 
 def _design(args):

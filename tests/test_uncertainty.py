@@ -3,6 +3,7 @@ baseline's interface, the CLI's result file and figures, and (on a simulated sca
 linearised Laplace std is calibrated and beats MC dropout and the best constant std.
 """
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -21,7 +22,7 @@ from ctbayes.mcdo import MCDropoutPosterior
 from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
-from ctbayes.results import read_result
+from ctbayes.results import read_result, write_result
 from ctbayes.simulate import default_geometry, simulate_scan
 from tests.conftest import run_quick_notebook
 
@@ -360,7 +361,15 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     assert again.settings["uncertainty_std_scale"] == scale
     capsys.readouterr()
     assert main(["calibrate", str(scaled), str(out)]) == 0  # unscaled z_rms of both: the same
-    assert float(capsys.readouterr().out.split("--std-scale ")[-1]) == pytest.approx(scale, rel=1e-3)
+    printed = capsys.readouterr().out
+    assert float(printed.split("--std-scale ")[-1]) == pytest.approx(scale, rel=1e-3)
+    assert "SCAN --uncertainty laplace --prior matern --std-scale" in printed  # what it holds for
+    # a scale belongs to one posterior: a single fit's and an ensemble's are not pooled
+    mixed = tmp_path / "ensemble.h5"
+    write_result(dataclasses.replace(result, settings=result.settings | {"uncertainty_ensemble": 3}), mixed)
+    assert main(["calibrate", str(out), str(mixed)]) == 2
+    err = capsys.readouterr().err
+    assert "different posteriors" in err and "--ensemble 3" in err and "Traceback" not in err
     # off switch and a clean error for a bad sample count
     plain = tmp_path / "plain.h5"
     assert main(["reconstruct", str(scan_path), "-o", str(plain), "--iterations", "5",

@@ -86,8 +86,8 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
 
     jitter is relative to the truth's data range squared (absolute for an image in [0, 1], as
     bayes_dip's are), so the metric does not depend on the image's units: an absolute 1e-6
-    would swamp the covariance of an HTC2022 reconstruction, whose std is about 2e-4. The data range is
-    that of the scored pixels."""
+    would swamp the covariance of an HTC2022 reconstruction, whose std is about 2e-4. The
+    data range is that of the scored pixels."""
     samples = np.asarray(samples, np.float64)
     truth = np.asarray(truth, np.float64)
     n, h, w = samples.shape
@@ -99,10 +99,11 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
     inside = np.ones(rows * cols, bool) if mask is None else patches_inside(mask, patch)
     if not inside.any():
         raise ValueError(f"no whole {patch}x{patch} patch lies inside the mask")
-    jitter = jitter * data_range(_blocks(truth, patch)[inside]) ** 2  # of the scored pixels
+    truth_blocks = _blocks(truth, patch)  # (P, d)
+    jitter = jitter * data_range(truth_blocks[inside]) ** 2  # of the scored pixels
     centred = x - x.mean(0)
     cov = np.einsum("npi,npj->pij", centred, centred) / max(n - 1, 1) + jitter * np.eye(d)
-    diff = _blocks(truth, patch) - x.mean(0)
+    diff = truth_blocks - x.mean(0)
     chol = np.linalg.cholesky(cov)
     z = np.linalg.solve(chol, diff[..., None])[..., 0]
     logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)

@@ -42,7 +42,8 @@ import numpy as np
 from common import SCANS, SHARED_DATA, parse_args, report
 
 from ctbayes import metrics
-from ctbayes.calibration import std_scale, unscaled_z_rms
+from ctbayes.calibration import (calibrated_samples, calibrated_std, fit_scale_and_edge,
+                                 std_scale, unscaled_z_rms)
 from ctbayes.io import read_scan
 from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
@@ -75,9 +76,10 @@ def htc_scans(image_size: int, samples=HTC_SAMPLES):
 
 
 def cross_calibrated_rows(real: dict, heldout: dict) -> list[dict]:
-    """Each real scan's posterior with the std scale learned on the other real scans (the
-    same method; `ctbayes.calibration`): log-likelihood and coverage inside the object, and
-    the held-out views predicted from the scaled samples. real: (scan name, method) ->
+    """Each real scan's posterior with the calibration learned on the other real scans (the
+    same method; `ctbayes.calibration`): the std scale alone, and the scale with the edge
+    term (`fit_scale_and_edge`). Log-likelihood and coverage inside the object, and the
+    held-out views predicted from the calibrated samples. real: (scan name, method) ->
     (scan, result, truth, mask)."""
     rows = []
     for (name, method), (scan, result, truth, mask) in real.items():
@@ -85,19 +87,25 @@ def cross_calibrated_rows(real: dict, heldout: dict) -> list[dict]:
         if not others:
             continue
         scale = std_scale([unscaled_z_rms(real[other, method][1]) for other in others])
-        samples = result.mean + scale * (result.samples - result.mean)
-        scores = uncertainty_metrics(truth, result.mean, result.std * scale, samples, mask)
-        row = {"scan": name, "size": result.mean.shape[0],
-               "method": f"{method}, std x {scale:.2f} from {', '.join(o.split()[0] for o in others)}",
-               "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
-               "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
-               "cov95": scores["coverage_95"], "z_rms": scores["z_rms"]}
-        if name in heldout:
-            held = heldout_view_metrics(make_ray_transform(heldout[name].geometry),
-                                        heldout[name].sinogram, samples,
-                                        predictive_noise_variance(result, scan))
-            row |= {"heldout_ll": held["log_likelihood"], "heldout_cov90": held["coverage_90"]}
-        rows.append(row)
+        pair = fit_scale_and_edge([(t, r.mean, r.std, k) for _, r, t, k in
+                                   (real[other, method] for other in others)])
+        source = ", ".join(o.split()[0] for o in others)
+        for (scale, edge), label in [((scale, 0.0), f"std x {scale:.2f}"),
+                                     (pair, f"std x {pair[0]:.2f} + edge {pair[1]:.3f} px")]:
+            samples = calibrated_samples(result.samples, result.mean, scale, edge)
+            std = calibrated_std(result.std, result.mean, scale, edge)
+            scores = uncertainty_metrics(truth, result.mean, std, samples, mask)
+            row = {"scan": name, "size": result.mean.shape[0],
+                   "method": f"{method}, {label} from {source}",
+                   "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
+                   "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
+                   "cov95": scores["coverage_95"], "z_rms": scores["z_rms"]}
+            if name in heldout:
+                held = heldout_view_metrics(make_ray_transform(heldout[name].geometry),
+                                            heldout[name].sinogram, samples,
+                                            predictive_noise_variance(result, scan))
+                row |= {"heldout_ll": held["log_likelihood"], "heldout_cov90": held["coverage_90"]}
+            rows.append(row)
     return rows
 
 

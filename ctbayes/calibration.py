@@ -11,11 +11,20 @@ from the same scanner and protocol, it is passed to `reconstruct --std-scale` fo
 learning", MIDL 2020). Several calibration scans count equally: c^2 is the mean of their c_i^2.
 A scale belongs to the posterior it was measured on (method, prior, ensemble size): an
 ensemble's mixture needs a smaller one than a single fit (README, *Calibration*).
+
+The edge term adds what the scale cannot: an error proportional to the image's gradient,
+which a sub-pixel misplacement of an edge (partial volume, a grid that cannot represent the
+object) produces. The calibrated std is sqrt((c std)^2 + (b |grad mean|)^2), b an rms edge
+displacement in pixels; (c, b) maximise the Gaussian log-likelihood of the calibration
+scans' truths (`fit_scale_and_edge`). On HTC2022 at 64x64 the fits of the two samples
+agreed (c 1.82 / 1.83, b 0.124 / 0.121 px), which the scale alone did not.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from ctbayes.errors import InputError
 
@@ -30,11 +39,31 @@ def unscaled_z_rms(result, name: str = "result") -> float:
     if not found:
         raise InputError(f"{name} has no z_rms metric: calibrate needs results with a std map "
                          "of scans with a ground truth or a reference FBP.")
+    if float(result.settings.get("uncertainty_edge_std", 0.0)):
+        raise InputError(f"{name} was written with an edge std: calibrate needs its scan "
+                         "file (beside it or where it was) to undo that.")
     applied = float(result.settings.get("uncertainty_std_scale", 1.0))
     value = found[0] * applied
     if not (0 < value < math.inf):
         raise InputError(f"{name} has an unusable z_rms ({found[0]}).")
     return value
+
+
+def calibration_target(result, scan):
+    """(truth, mean, std, mask) of a result against its scan's truth or scaled reference FBP
+    (`uncertainty.scoring_target`), the std as the posterior gave it (before the calibration
+    it was written with); None where the scan has neither or does not match the result."""
+    from ctbayes.uncertainty import scoring_target
+
+    if result.std is None or (scan.ground_truth is None and "fbp" not in scan.references):
+        return None
+    if tuple(scan.geometry.image_shape) != tuple(np.shape(result.mean)):
+        return None
+    truth, mask = scoring_target(scan, result.mean)
+    settings = result.settings
+    std = unscaled_std(result.std, result.mean, float(settings.get("uncertainty_std_scale", 1.0)),
+                       float(settings.get("uncertainty_edge_std", 0.0)))
+    return truth, result.mean, std, mask
 
 
 def posterior_flags(result) -> str:
@@ -65,3 +94,72 @@ def std_scale(z_rms_values) -> float:
     if not values:
         raise InputError("calibrate needs at least one result file.")
     return math.sqrt(sum(v * v for v in values) / len(values))
+
+
+def edge_strength(image) -> np.ndarray:
+    """|grad image| per pixel (Sobel, in image units per pixel): the error of an edge
+    misplaced by a pixel."""
+    from scipy import ndimage
+
+    image = np.asarray(image, np.float64)
+    return np.hypot(ndimage.sobel(image, 0), ndimage.sobel(image, 1)) / 8
+
+
+def calibrated_std(std, mean, std_scale: float = 1.0, edge_std: float = 0.0) -> np.ndarray:
+    """sqrt((std_scale std)^2 + (edge_std |grad mean|)^2), in float32."""
+    variance = (std_scale * np.asarray(std, np.float64)) ** 2
+    if edge_std:
+        variance = variance + (edge_std * edge_strength(mean)) ** 2
+    return np.sqrt(variance).astype(np.float32)
+
+
+def calibrated_samples(samples, mean, std_scale: float = 1.0, edge_std: float = 0.0,
+                       seed: int = 0) -> np.ndarray:
+    """Samples whose deviations from the mean are scaled by std_scale, plus independent
+    Gaussian edge noise of std edge_std |grad mean| per pixel: draws of the calibrated
+    posterior, whose per-pixel std is `calibrated_std`."""
+    samples = np.asarray(samples, np.float32)
+    out = mean + np.float32(std_scale) * (samples - mean)
+    if edge_std:
+        noise = np.random.default_rng(seed).standard_normal(samples.shape)
+        out = out + (edge_std * edge_strength(mean) * noise).astype(np.float32)
+    return out.astype(np.float32)
+
+
+def unscaled_std(std, mean, std_scale: float = 1.0, edge_std: float = 0.0) -> np.ndarray:
+    """The posterior's own std map from one written with (std_scale, edge_std)."""
+    variance = np.asarray(std, np.float64) ** 2 - (edge_std * edge_strength(mean)) ** 2
+    return np.sqrt(np.maximum(variance, 0.0)) / std_scale
+
+
+def fit_scale_and_edge(scans) -> tuple[float, float]:
+    """(std_scale, edge_std) maximising the mean Gaussian log-likelihood of the truths under
+    `calibrated_std`, each scan's pixels weighted equally (a scan: (truth, mean, std, mask),
+    mask None for all pixels). With no edge term it is the pooled rms z-score."""
+    from scipy.optimize import minimize
+
+    pixels = []
+    for truth, mean, std, mask in scans:
+        keep = np.ones(np.shape(mean), bool) if mask is None else np.asarray(mask, bool)
+        keep &= np.asarray(std) > 0
+        if not keep.any():
+            raise InputError("a calibration scan has no scored pixel with a positive std.")
+        error2 = (np.asarray(truth, np.float64) - mean)[keep] ** 2
+        pixels.append((error2, np.asarray(std, np.float64)[keep] ** 2,
+                       edge_strength(mean)[keep] ** 2))
+
+    def loss(log_params):  # minus the mean log-likelihood, up to a constant
+        c2, b2 = np.exp(2 * log_params)
+        total = 0.0
+        for error2, std2, edge2 in pixels:
+            variance = c2 * std2 + b2 * edge2
+            total += np.mean(error2 / variance + np.log(variance))
+        return total / (2 * len(pixels))
+
+    start = np.log([std_scale([math.sqrt(np.mean(e / s)) for e, s, _ in pixels]), 0.05])
+    best = minimize(loss, start, method="Nelder-Mead",
+                    options={"xatol": 1e-6, "fatol": 1e-12, "maxiter": 2000})
+    scale, edge = np.exp(best.x)
+    if not loss(np.array([best.x[0], math.log(1e-9)])) > best.fun:  # no edge term is as good
+        scale, edge = std_scale([math.sqrt(np.mean(e / s)) for e, s, _ in pixels]), 0.0
+    return float(scale), float(edge)

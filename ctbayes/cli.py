@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="multiply the std map and the samples' deviations by this "
                           "calibration factor (from `ctbayes calibrate` on scans with a "
                           "known truth or reference)")
+    rec.add_argument("--edge-std", type=float, default=UncertaintyConfig.edge_std,
+                     help="add an edge error of this many pixels times |grad image| to the "
+                          "std map and samples (from `ctbayes calibrate`; 0: none)")
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file")
@@ -147,7 +150,8 @@ def _reconstruct(args):
                                    em_cycles=args.em_cycles, em_tol=args.em_tol,
                                    solver=args.solver,
                                    dropout=args.dropout, seed=args.seed,
-                                   ensemble=args.ensemble, std_scale=args.std_scale)
+                                   ensemble=args.ensemble, std_scale=args.std_scale,
+                                   edge_std=args.edge_std)
                                if args.method == "dip" else UncertaintyConfig(
                                    method="none", ensemble=args.ensemble))
     checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
@@ -216,14 +220,29 @@ def _simulate(args):
 
 
 def _calibrate(args):
-    from ctbayes.calibration import common_posterior_flags, std_scale, unscaled_z_rms
-    from ctbayes.results import read_result
+    from ctbayes.calibration import (calibration_target, common_posterior_flags,
+                                     fit_scale_and_edge, std_scale, unscaled_z_rms)
+    from ctbayes.io.hdf5 import read_scan
+    from ctbayes.metrics import z_rms
+    from ctbayes.results import read_result, recorded_scan_path
 
     results = [read_result(path) for path in args.results]
-    values = [unscaled_z_rms(result, str(path)) for path, result in zip(args.results, results)]
     flags = common_posterior_flags(results, [str(path) for path in args.results])
+    scans = [recorded_scan_path(path) for path in args.results]
+    targets = [calibration_target(result, read_scan(scan)) if scan else None
+               for result, scan in zip(results, scans)]
+    if all(target is not None for target in targets):  # the truth per pixel: scale and edges
+        for path, (truth, mean, std, mask) in zip(args.results, targets):
+            inside = (slice(None),) if mask is None else mask
+            print(f"{path}: z_rms {z_rms(truth[inside], mean[inside], std[inside]):.4g} (unscaled)")
+        scale, edge = fit_scale_and_edge(targets)
+        print(f"std scale {scale:.4g}, edge std {edge:.4g} px: use ctbayes reconstruct SCAN "
+              f"{flags} --std-scale {scale:.4g} --edge-std {edge:.4g}")
+        return
+    values = [unscaled_z_rms(result, str(path)) for path, result in zip(args.results, results)]
     for path, value in zip(args.results, values):
         print(f"{path}: z_rms {value:.4g} (unscaled)")
+    print("(a scan file was not found or has no truth or reference FBP: no edge term)")
     scale = std_scale(values)
     print(f"std scale {scale:.4g}: use ctbayes reconstruct SCAN {flags} --std-scale {scale:.4g}")
 

@@ -145,7 +145,8 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
         precision.append(getattr(posterior, "precision", None))
         cycles.append(len(posterior.history) if config.method == "laplace" else None)
     truth, mask, suffix = _uncertainty_target(scan, summaries)
-    summary = mixture(summaries, config.save_samples, truth, mask, config.std_scale)
+    summary = mixture(summaries, config.save_samples, truth, mask, config.std_scale,
+                      config.edge_std, config.seed)
     timings["uncertainty_sampling"] = summary.seconds
     timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
     timings["uncertainty_compile"] = compile_seconds() - compiled_before  # part of the above

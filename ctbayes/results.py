@@ -76,6 +76,23 @@ def write_result(result: Reconstruction, path, scan_path=None) -> Path:
     return path
 
 
+def recorded_scan_path(path) -> Path | None:
+    """The scan file a result file was reconstructed from, where it still exists (as
+    recorded, else by that name beside the result file); None otherwise."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            recorded = str(f["reconstruction"].attrs.get("scan", "none"))
+    except (OSError, KeyError):
+        return None
+    if recorded == "none":
+        return None
+    for candidate in (Path(recorded), path.parent / Path(recorded).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def read_result(path) -> Reconstruction:
     """Read a result file written by `write_result`; a file that is not one raises
     InputError."""

@@ -60,6 +60,9 @@ class UncertaintyConfig:
       this factor, a calibration learned on other scans with a known truth or reference
       (`calibration`): sigma scaling, which for the linear model is the posterior at
       temperature std_scale^2. 1: the posterior as it is.
+    edge_std: add independent Gaussian noise of std edge_std |grad mean| per pixel to the
+      std map and the samples, after std_scale: the error of edges misplaced by edge_std
+      pixels, which real data shows and the linear model does not (`calibration`). 0: none.
     ensemble: fit this many DIPs, from DIP seeds seed, seed + 1, ..., each with its own
       posterior, and report their equal-weight mixture (`mixture`; for Laplace a mixture of
       Laplace approximations, Eschenhagen et al. 2021). It costs that many times one pass;
@@ -80,6 +83,7 @@ class UncertaintyConfig:
     precision: str = "auto"
     ensemble: int = 1
     std_scale: float = 1.0
+    edge_std: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -97,6 +101,8 @@ class UncertaintyConfig:
             raise InputError(f"The dropout rate must lie in (0, 1), got {self.dropout}.")
         if not (0 < self.std_scale < float("inf")):
             raise InputError(f"The std scale must be a positive number, got {self.std_scale}.")
+        if not (0 <= self.edge_std < float("inf")):
+            raise InputError(f"The edge std must be a number >= 0, got {self.edge_std}.")
         if self.ensemble < 1:
             raise InputError(f"An ensemble needs at least 1 member, got {self.ensemble}.")
 
@@ -190,7 +196,8 @@ def summarise(posterior, config: UncertaintyConfig, ground_truth=None,
 
 
 def mixture(members: list[UncertaintySummary], save_samples: int, ground_truth=None,
-            mask=None, std_scale: float = 1.0) -> UncertaintySummary:
+            mask=None, std_scale: float = 1.0, edge_std: float = 0.0,
+            seed: int = 0) -> UncertaintySummary:
     """The equal-weight mixture of several posteriors' summaries (an ensemble of DIP fits).
 
     Its mean is the members' average and its variance the average member variance plus the
@@ -199,16 +206,19 @@ def mixture(members: list[UncertaintySummary], save_samples: int, ground_truth=N
     first `save_samples` hold every member (one member: its own summary, with metrics).
     The members' summaries must keep all their samples (`summarise` with save_samples =
     samples) for the pooled patch log-likelihoods.
-    std_scale: multiplies the std and every sample's deviation from the mean (a calibration,
-    see `UncertaintyConfig`), before the metrics (against ground_truth, inside mask) score it.
+    std_scale, edge_std: the calibration (`UncertaintyConfig`, `calibration.calibrated_std`
+    and `calibrated_samples`, whose edge noise seed seeds), applied before the metrics
+    (against ground_truth, inside mask) score the result.
     """
     means = np.stack([m.mean for m in members])
     variance = np.mean([m.std.astype(np.float64) ** 2 for m in members], 0) + means.var(0)
     mean, std = means.mean(0).astype(np.float32), np.sqrt(variance).astype(np.float32)
     pooled = np.stack([m.samples for m in members], 1).reshape((-1,) + mean.shape)
-    if std_scale != 1:
-        std = (std * np.float32(std_scale)).astype(np.float32)
-        pooled = (mean + np.float32(std_scale) * (pooled - mean)).astype(np.float32)
+    if std_scale != 1 or edge_std:
+        from ctbayes.calibration import calibrated_samples, calibrated_std
+
+        std = calibrated_std(std, mean, std_scale, edge_std)
+        pooled = calibrated_samples(pooled, mean, std_scale, edge_std, seed)
     scores = uncertainty_metrics(ground_truth, mean, std, pooled, mask) \
         if ground_truth is not None else {}
     return UncertaintySummary(mean, std, pooled[:save_samples], scores,

@@ -339,31 +339,64 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     assert 0 <= result.timings["uncertainty_compile"] <= result.timings["uncertainty"]
     for name in ("std.png", "error_vs_std.png", "calibration.png"):
         assert (figures / name).stat().st_size > 5_000
-    # calibrate: the scale is the rms z-score against the truth, which maximises the
-    # likelihood of the truth under std * scale; reconstructing with it scales the std map
-    # and the samples' deviations by exactly that factor, and the z-scores then have rms 1
+    # calibrate: the std scale and edge std that maximise the likelihood of the truth under
+    # sqrt((scale std)^2 + (edge |grad mean|)^2); reconstructing with them gives exactly that
+    # std map, samples whose deviations are the scaled ones plus edge noise, and calibrate
+    # undoes them to find the same pair again
+    from ctbayes.calibration import calibrated_std, edge_strength
+
     truth = read_scan(scan_path).ground_truth
+
+    def log_likelihood(scale, edge):
+        std = calibrated_std(result.std, result.mean, scale, edge).astype(np.float64)
+        return np.mean(-0.5 * ((truth - result.mean) / std) ** 2 - np.log(std))
+
     z_rms = np.sqrt(np.mean(((truth - result.mean) / result.std.astype(np.float64)) ** 2))
     capsys.readouterr()
     assert main(["calibrate", str(out)]) == 0
-    scale = float(capsys.readouterr().out.split("--std-scale ")[-1])
-    assert scale == pytest.approx(z_rms, rel=1e-3)
+    printed = capsys.readouterr().out
+    scale = float(printed.split("--std-scale ")[-1].split()[0])
+    edge = float(printed.split("--edge-std ")[-1])
+    best = log_likelihood(scale, edge)
+    assert best >= log_likelihood(z_rms, 0.0) - 1e-6  # the scale alone is the edge-free optimum
+    for other in [(scale * 1.05, edge), (scale / 1.05, edge), (scale, edge * 1.2 + 1e-3),
+                  (scale, edge / 1.2)]:
+        assert best > log_likelihood(*other) - 1e-6, other
     scaled = tmp_path / "scaled.h5"
     assert main(["reconstruct", str(scan_path), "-o", str(scaled), "--iterations", "150",
                  "--scales", "2", "--channels", "8,16", "--skip-channels", "0,4", "--samples", "16", "--save-samples", "4",
-                 "--em-cycles", "2", "--std-scale", str(scale), "--no-progress"]) == 0
+                 "--em-cycles", "2", "--std-scale", str(scale), "--edge-std", str(edge),
+                 "--no-progress"]) == 0
     again = read_result(scaled)
     np.testing.assert_allclose(again.mean, result.mean, atol=1e-6)
-    np.testing.assert_allclose(again.std, scale * result.std, rtol=1e-5)
-    np.testing.assert_allclose(again.samples - again.mean, scale * (result.samples - result.mean),
-                               rtol=1e-4, atol=1e-6)
-    assert again.metrics["z_rms"] == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_allclose(again.std, calibrated_std(result.std, result.mean, scale, edge),
+                               rtol=1e-5)
+    extra = again.samples - again.mean - scale * (result.samples - result.mean)
+    if edge > 0:  # the edge noise: N(0, (edge |grad mean|)^2) per pixel
+        assert np.std(extra / (edge * edge_strength(result.mean))) == pytest.approx(1, rel=0.1)
+    else:
+        np.testing.assert_allclose(extra, 0, atol=1e-5)
+    assert again.metrics["log_likelihood"] == pytest.approx(best - 0.5 * np.log(2 * np.pi),
+                                                            rel=1e-4)
     assert again.settings["uncertainty_std_scale"] == scale
+    assert again.settings["uncertainty_edge_std"] == edge
     capsys.readouterr()
-    assert main(["calibrate", str(scaled), str(out)]) == 0  # unscaled z_rms of both: the same
+    assert main(["calibrate", str(scaled), str(out)]) == 0  # both unscaled: the same pair
     printed = capsys.readouterr().out
-    assert float(printed.split("--std-scale ")[-1]) == pytest.approx(scale, rel=1e-3)
+    assert float(printed.split("--std-scale ")[-1].split()[0]) == pytest.approx(scale, rel=1e-3)
+    assert float(printed.split("--edge-std ")[-1]) == pytest.approx(edge, rel=1e-3, abs=1e-4)
     assert "SCAN --uncertainty laplace --prior matern --std-scale" in printed  # what it holds for
+    # without its scan file, calibrate falls back to the scale alone (from the stored z_rms);
+    # a result written with an edge std then cannot be undone
+    scan_path.rename(tmp_path / "moved.h5")
+    capsys.readouterr()
+    assert main(["calibrate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "no edge term" in printed
+    assert float(printed.split("--std-scale ")[-1]) == pytest.approx(z_rms, rel=1e-3)
+    assert main(["calibrate", str(scaled)]) == 2
+    assert "edge std" in capsys.readouterr().err
+    (tmp_path / "moved.h5").rename(scan_path)
     # a scale belongs to one posterior: a single fit's and an ensemble's are not pooled
     mixed = tmp_path / "ensemble.h5"
     write_result(dataclasses.replace(result, settings=result.settings | {"uncertainty_ensemble": 3}), mixed)

@@ -90,6 +90,9 @@ def cross_calibrated_rows(real: dict, heldout: dict) -> list[dict]:
         pair = fit_scale_and_edge([(t, r.mean, r.std, k) for _, r, t, k in
                                    (real[other, method] for other in others)])
         source = ", ".join(o.split()[0] for o in others)
+        if name in heldout:  # the held-out views' operator and noise, for both calibrations
+            held_A = make_ray_transform(heldout[name].geometry)
+            noise_variance = predictive_noise_variance(result, scan)
         for (scale, edge), label in [((scale, 0.0), f"std x {scale:.2f}"),
                                      (pair, f"std x {pair[0]:.2f} + edge {pair[1]:.3f} px")]:
             samples = calibrated_samples(result.samples, result.mean, scale, edge)
@@ -101,9 +104,8 @@ def cross_calibrated_rows(real: dict, heldout: dict) -> list[dict]:
                    "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
                    "cov95": scores["coverage_95"], "z_rms": scores["z_rms"]}
             if name in heldout:
-                held = heldout_view_metrics(make_ray_transform(heldout[name].geometry),
-                                            heldout[name].sinogram, samples,
-                                            predictive_noise_variance(result, scan))
+                held = heldout_view_metrics(held_A, heldout[name].sinogram, samples,
+                                            noise_variance)
                 row |= {"heldout_ll": held["log_likelihood"], "heldout_cov90": held["coverage_90"]}
             rows.append(row)
     return rows

@@ -156,10 +156,10 @@ def fit_scale_and_edge(scans) -> tuple[float, float]:
             total += np.mean(error2 / variance + np.log(variance))
         return total / (2 * len(pixels))
 
-    start = np.log([std_scale([math.sqrt(np.mean(e / s)) for e, s, _ in pixels]), 0.05])
-    best = minimize(loss, start, method="Nelder-Mead",
+    pooled = std_scale([math.sqrt(np.mean(e / s)) for e, s, _ in pixels])  # the scale alone
+    best = minimize(loss, np.log([pooled, 0.05]), method="Nelder-Mead",
                     options={"xatol": 1e-6, "fatol": 1e-12, "maxiter": 2000})
-    scale, edge = np.exp(best.x)
     if not loss(np.array([best.x[0], math.log(1e-9)])) > best.fun:  # no edge term is as good
-        scale, edge = std_scale([math.sqrt(np.mean(e / s)) for e, s, _ in pixels]), 0.0
+        return pooled, 0.0
+    scale, edge = np.exp(best.x)
     return float(scale), float(edge)

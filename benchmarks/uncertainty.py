@@ -25,7 +25,9 @@ random rectangles, each with Gaussian 5% noise and with Poisson noise (1e4 photo
 show on which kinds of image the intervals hold, beyond the three shipped scans. With
 `--off-grid` the phantoms are rendered at 4x the resolution and measured there by detector
 bins that integrate over their width, and the truth is their 4x4 block means, so the grid
-cannot represent the measurement exactly, as with a real object. `--ensemble K` mixes the
+cannot represent the measurement exactly, as with a real object. Each study scan is also
+scored with the calibration learned on the other nine (leave one out, scale alone and with
+the edge term), the way a scanner's calibration is learned. `--ensemble K` mixes the
 posteriors of K DIP fits per scan and method (`reconstruct --ensemble`); its times are the
 sums over the fits.
 
@@ -75,21 +77,21 @@ def htc_scans(image_size: int, samples=HTC_SAMPLES):
     return scans, heldout
 
 
-def cross_calibrated_rows(real: dict, heldout: dict) -> list[dict]:
-    """Each real scan's posterior with the calibration learned on the other real scans (the
-    same method; `ctbayes.calibration`): the std scale alone, and the scale with the edge
-    term (`fit_scale_and_edge`). Log-likelihood and coverage inside the object, and the
-    held-out views predicted from the calibrated samples. real: (scan name, method) ->
-    (scan, result, truth, mask)."""
+def cross_calibrated_rows(pool: dict, heldout: dict) -> list[dict]:
+    """Each pooled scan's posterior with the calibration learned on the other pooled scans
+    (leave one out, the same method; `ctbayes.calibration`): the std scale alone, and the
+    scale with the edge term (`fit_scale_and_edge`). Log-likelihood and coverage (inside the
+    object for real scans), and the held-out views predicted from the calibrated samples.
+    pool: (scan name, method) -> (scan, result, truth, mask)."""
     rows = []
-    for (name, method), (scan, result, truth, mask) in real.items():
-        others = [other for other, m in real if m == method and other != name]
+    for (name, method), (scan, result, truth, mask) in pool.items():
+        others = [other for other, m in pool if m == method and other != name]
         if not others:
             continue
-        scale = std_scale([unscaled_z_rms(real[other, method][1]) for other in others])
+        scale = std_scale([unscaled_z_rms(pool[other, method][1]) for other in others])
         pair = fit_scale_and_edge([(t, r.mean, r.std, k) for _, r, t, k in
-                                   (real[other, method] for other in others)])
-        source = ", ".join(o.split()[0] for o in others)
+                                   (pool[other, method] for other in others)])
+        source = others[0].split()[0] if len(others) == 1 else f"the other {len(others)}"
         if name in heldout:  # the held-out views' operator and noise, for both calibrations
             held_A = make_ray_transform(heldout[name].geometry)
             noise_variance = predictive_noise_variance(result, scan)
@@ -169,7 +171,9 @@ def main():
         htc, heldout = htc_scans(64 if args.quick else 128,
                                  [s for s in HTC_SAMPLES if wanted is None or f"htc2022_{s}" in wanted])
         scans += htc
-    real = {}  # (name, method) -> (scan, result, truth, mask) of the scans scored on a reference
+    # (name, method) -> (scan, result, truth, mask): the scans each calibrated on the others
+    # (the real ones, scored on a reference; or the whole simulated study, leave one out)
+    pool = {}
     rows = []
     for name, scan in scans:
         for method in methods:
@@ -189,8 +193,8 @@ def main():
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
             truth, mask = scoring_target(scan, result.mean)
-            if scan.ground_truth is None:
-                real[name, method] = (scan, result, truth, mask)
+            if scan.ground_truth is None or args.simulated:
+                pool[name, method] = (scan, result, truth, mask)
             scores = uncertainty_metrics(truth, result.mean, result.std, result.samples, mask)
             row |= {"psnr": metrics.psnr(result.mean, truth),
                     "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
@@ -220,7 +224,7 @@ def main():
                 if held is not None:
                     baseline["heldout_ll"] = held["log_likelihood_constant_std"]
                 rows.append(baseline)
-    rows += cross_calibrated_rows(real, heldout)
+    rows += cross_calibrated_rows(pool, heldout)
     report(rows, args.json, "Uncertainty: seconds (DIP fit, posterior fit, sampling, compilation "
                             "within the last two), ratio of uncertainty to DIP time; test "
                             "log-likelihood per pixel; coverage")

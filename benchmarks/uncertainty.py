@@ -26,8 +26,9 @@ show on which kinds of image the intervals hold, beyond the three shipped scans.
 `--off-grid` the phantoms are rendered at 4x the resolution and measured there by detector
 bins that integrate over their width, and the truth is their 4x4 block means, so the grid
 cannot represent the measurement exactly, as with a real object. Each study scan is also
-scored with the calibration learned on the other nine (leave one out, scale alone and with
-the edge term), the way a scanner's calibration is learned. `--ensemble K` mixes the
+scored with the calibration learned on the other four with the same noise model (leave one
+out, scale alone and with the edge term), the way a scanner's calibration is learned for
+one acquisition protocol. `--ensemble K` mixes the
 posteriors of K DIP fits per scan and method (`reconstruct --ensemble`); its times are the
 sums over the fits.
 
@@ -77,15 +78,17 @@ def htc_scans(image_size: int, samples=HTC_SAMPLES):
     return scans, heldout
 
 
-def cross_calibrated_rows(pool: dict, heldout: dict) -> list[dict]:
+def cross_calibrated_rows(pool: dict, heldout: dict, protocol=lambda name: "") -> list[dict]:
     """Each pooled scan's posterior with the calibration learned on the other pooled scans
-    (leave one out, the same method; `ctbayes.calibration`): the std scale alone, and the
-    scale with the edge term (`fit_scale_and_edge`). Log-likelihood and coverage (inside the
-    object for real scans), and the held-out views predicted from the calibrated samples.
-    pool: (scan name, method) -> (scan, result, truth, mask)."""
+    of the same protocol (leave one out, the same method; `ctbayes.calibration`): the std
+    scale alone, and the scale with the edge term (`fit_scale_and_edge`). Log-likelihood and
+    coverage (inside the object for real scans), and the held-out views predicted from the
+    calibrated samples. pool: (scan name, method) -> (scan, result, truth, mask); protocol:
+    scan name -> its acquisition protocol (a scanner's calibration holds for one)."""
     rows = []
     for (name, method), (scan, result, truth, mask) in pool.items():
-        others = [other for other, m in pool if m == method and other != name]
+        others = [other for other, m in pool if m == method and other != name
+                  and protocol(other) == protocol(name)]
         if not others:
             continue
         scale = std_scale([unscaled_z_rms(pool[other, method][1]) for other in others])
@@ -224,7 +227,9 @@ def main():
                 if held is not None:
                     baseline["heldout_ll"] = held["log_likelihood_constant_std"]
                 rows.append(baseline)
-    rows += cross_calibrated_rows(pool, heldout)
+    # the simulated study's protocols are its noise models (the last word of a scan's name)
+    rows += cross_calibrated_rows(pool, heldout, (lambda name: name.split()[-1]) if args.simulated
+                                  else (lambda name: ""))
     report(rows, args.json, "Uncertainty: seconds (DIP fit, posterior fit, sampling, compilation "
                             "within the last two), ratio of uncertainty to DIP time; test "
                             "log-likelihood per pixel; coverage")

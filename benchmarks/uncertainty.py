@@ -228,8 +228,8 @@ def main():
                     baseline["heldout_ll"] = held["log_likelihood_constant_std"]
                 rows.append(baseline)
     # the simulated study's protocols are its noise models (the last word of a scan's name)
-    rows += cross_calibrated_rows(pool, heldout, (lambda name: name.split()[-1]) if args.simulated
-                                  else (lambda name: ""))
+    rows += cross_calibrated_rows(pool, heldout,
+                                  lambda name: name.split()[-1] if args.simulated else "")
     report(rows, args.json, "Uncertainty: seconds (DIP fit, posterior fit, sampling, compilation "
                             "within the last two), ratio of uncertainty to DIP time; test "
                             "log-likelihood per pixel; coverage")

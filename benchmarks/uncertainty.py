@@ -30,10 +30,12 @@ scored with the calibration learned on the other four with the same noise model 
 out, scale alone and with the edge term), the way a scanner's calibration is learned for
 one acquisition protocol. `--ensemble K` mixes the
 posteriors of K DIP fits per scan and method (`reconstruct --ensemble`); its times are the
-sums over the fits.
+sums over the fits. `--edge-features` runs Laplace with the edge displacement learned by its
+EM (`reconstruct --edge-features`); its rows are labelled `laplace + edge`.
 
     python benchmarks/uncertainty.py [--quick] [--json PATH] [--methods laplace,mcdo,...]
         [--scans ellipses_128_fanflat,htc2022_ta,htc2022_tb,...] [--simulated [--off-grid]] [--ensemble K]
+        [--edge-features]
 """
 
 from __future__ import annotations
@@ -154,6 +156,9 @@ def extra(parser):
                         help="calibration study on fresh simulated 64x64 scans instead")
     parser.add_argument("--ensemble", type=int, default=1,
                         help="mix the posteriors of this many DIP fits (seeds 0, 1, ...)")
+    parser.add_argument("--edge-features", action="store_true",
+                        help="Laplace with a per-pixel edge displacement whose variance the "
+                             "EM learns (`reconstruct --edge-features`)")
     parser.add_argument("--off-grid", action="store_true",
                         help="with --simulated: phantoms rendered at 4x the resolution and "
                              "measured there by finite-width detector bins, truth = their "
@@ -180,16 +185,18 @@ def main():
     rows = []
     for name, scan in scans:
         for method in methods:
+            label = method + (" + edge" if args.edge_features and method == "laplace" else "")
             samples = 32 if args.quick else 128
             config = ReconstructConfig(uncertainty=UncertaintyConfig(
-                method=method, samples=samples, save_samples=samples, ensemble=args.ensemble))
+                method=method, samples=samples, save_samples=samples, ensemble=args.ensemble,
+                edge_features=args.edge_features))
             if args.quick:
                 config = dataclasses.replace(config, dip=dataclasses.replace(
                     config.dip, iterations=config.dip.iterations // 4))
             result = reconstruct(scan, config, progress=False)
             t = result.timings
             dip_seconds = t["dip_total"]
-            row = {"scan": name, "size": result.mean.shape[0], "method": method,
+            row = {"scan": name, "size": result.mean.shape[0], "method": label,
                    "dip_s": dip_seconds, "fit_s": t["uncertainty_fit"],
                    "sampling_s": t["uncertainty_sampling"],
                    "compile_s": t["uncertainty_compile"],
@@ -197,7 +204,7 @@ def main():
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
             truth, mask = scoring_target(scan, result.mean)
             if scan.ground_truth is None or args.simulated:
-                pool[name, method] = (scan, result, truth, mask)
+                pool[name, label] = (scan, result, truth, mask)
             scores = uncertainty_metrics(truth, result.mean, result.std, result.samples, mask)
             row |= {"psnr": metrics.psnr(result.mean, truth),
                     "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),

@@ -68,12 +68,14 @@ def calibration_target(result, scan):
 
 def posterior_flags(result) -> str:
     """The `reconstruct` flags of the posterior a result's std map comes from (method, prior,
-    ensemble size): what a std scale measured on it applies to."""
+    edge features, ensemble size): what a std scale measured on it applies to."""
     settings = result.settings
     method = settings.get("uncertainty_method", "?")
     flags = f"--uncertainty {method}"
     if method == "laplace":
         flags += f" --prior {settings.get('uncertainty_prior', '?')}"
+        if settings.get("uncertainty_edge_features", False):
+            flags += " --edge-features"
     ensemble = int(settings.get("uncertainty_ensemble", 1))
     return flags + (f" --ensemble {ensemble}" if ensemble > 1 else "")
 

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="how many posterior samples to store in the result file")
     rec.add_argument("--prior", default=UncertaintyConfig.prior, choices=PRIOR_KINDS,
                      help="Laplace prior over the network weights")
+    rec.add_argument("--edge-features", action="store_true",
+                     help="Laplace: add a per-pixel edge displacement whose variance the EM "
+                          "learns from the scan (std where the image has edges)")
     rec.add_argument("--em-cycles", type=int, default=UncertaintyConfig.em_cycles,
                      help="Laplace: EM cycles (at most) for the prior and noise variances")
     rec.add_argument("--em-tol", type=float, default=UncertaintyConfig.em_tol,
@@ -148,7 +151,7 @@ def _reconstruct(args):
                                    method=args.uncertainty, samples=args.samples,
                                    save_samples=args.save_samples, prior=args.prior,
                                    em_cycles=args.em_cycles, em_tol=args.em_tol,
-                                   solver=args.solver,
+                                   solver=args.solver, edge_features=args.edge_features,
                                    dropout=args.dropout, seed=args.seed,
                                    ensemble=args.ensemble, std_scale=args.std_scale,
                                    edge_std=args.edge_std)

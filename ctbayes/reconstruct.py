@@ -85,8 +85,9 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
         if kind == "laplace" and config.uncertainty.solver == "exact":  # before the fit
             from ctbayes.laplace.exact import check_size
 
-            check_size(int(np.prod(A.domain_shape)), int(np.size(scan.sinogram)),
-                       parameter_count(members[0]))
+            pixels = int(np.prod(A.domain_shape))  # edge features: one more per pixel
+            check_size(pixels, int(np.size(scan.sinogram)), parameter_count(members[0])
+                       + (pixels if config.uncertainty.edge_features else 0))
         fits = [fit_dip(A, scan.sinogram, member, ground_truth=scan.ground_truth,
                         checkpoint=path, resume=resume, progress=progress)
                 for member, path in zip(members, member_checkpoints(checkpoint, len(members)))]

@@ -51,6 +51,8 @@ class UncertaintyConfig:
     em_tol: the EM stops early once no hyperparameter moved by more than 5% in a cycle
       (`ctbayes.laplace.em`); on 64x64 Shepp-Logan each cycle after the first moves them by
       at most 3.5%, the Monte Carlo noise of the E-step. 0 runs all `em_cycles`.
+    edge_features: Laplace: add a per-pixel edge displacement to the linearised model, with
+      its variance learned by the EM from the scan (`ctbayes.laplace.edges`).
     precision: of the linearised model ("auto": float64 where float32 CG cannot be trusted,
       as on HTC2022 `ta` at 128x128; see `ctbayes.laplace.fit_laplace`).
     dropout: the dropout rate of the DIP-MCDO fit (the rate of Laves et al. 2020 is 0.1 on
@@ -81,6 +83,7 @@ class UncertaintyConfig:
     cg_tol: float = 1e-2
     precond_rank: int = 1024
     precision: str = "auto"
+    edge_features: bool = False
     ensemble: int = 1
     std_scale: float = 1.0
     edge_std: float = 0.0
@@ -140,7 +143,8 @@ def image_posterior(fit, A, y, config: UncertaintyConfig, method_config=None):
                                        solver=config.solver, samples=min(16, config.samples),
                                        std_samples=config.samples, seed=config.seed,
                                        cg_tol=config.cg_tol, precond_rank=config.precond_rank,
-                                       precision=config.precision)
+                                       precision=config.precision,
+                                       edge_features=config.edge_features)
         posterior = fit_laplace(fn, params, A, y, laplace_config)
         hyper = {f"prior_variance_{k}": v for k, v in posterior.prior_variances.items()}
         hyper["noise_variance"] = posterior.noise_variance

@@ -421,6 +421,37 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_cli_edge_features_learn_an_edge_variance_and_widen_the_std_at_edges(tmp_path, capsys):
+    """`--edge-features`: the EM learns the edge group's variance (stored with the other
+    hyperparameters), the DIP image is unchanged, the std grows more at the image's edges
+    than in its flat regions, and calibrate keeps such results apart from plain ones."""
+    from ctbayes.calibration import edge_strength
+
+    scan_path = tmp_path / "sim.h5"
+    assert main(["simulate", str(scan_path), "--phantom", "rectangles", "--size", "32",
+                 "--views", "20", "--seed", "2", "--render", "4"]) == 0
+    common = ["--iterations", "150", "--scales", "2", "--channels", "8,16", "--skip-channels",
+              "0,4", "--samples", "32", "--em-cycles", "3", "--no-progress"]
+    plain, edged = tmp_path / "plain.h5", tmp_path / "edge.h5"
+    assert main(["reconstruct", str(scan_path), "-o", str(plain)] + common) == 0
+    assert main(["reconstruct", str(scan_path), "-o", str(edged), "--edge-features"] + common) == 0
+    without, with_edges = read_result(plain), read_result(edged)
+    assert with_edges.settings["uncertainty_edge_features"] is True
+    assert "prior_variance_edge" not in without.hyperparameters
+    assert with_edges.hyperparameters["prior_variance_edge"] > 0
+    np.testing.assert_allclose(with_edges.mean, without.mean, atol=1e-6)
+    strength = edge_strength(without.mean)
+    edge, flat = strength > np.quantile(strength, 0.9), strength < np.quantile(strength, 0.5)
+    ratio = with_edges.std / without.std
+    print("edge variance", with_edges.hyperparameters["prior_variance_edge"],
+          "std ratio at edges", np.median(ratio[edge]), "flat", np.median(ratio[flat]))
+    assert np.median(ratio[edge]) > np.median(ratio[flat]) + 0.03
+    capsys.readouterr()
+    assert main(["calibrate", str(plain), str(edged)]) == 2
+    err = capsys.readouterr().err
+    assert "--edge-features" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_laplace_is_calibrated_and_beats_mcdo_and_a_constant_std():
     """The issue's must-show on the shipped 64x64 Shepp-Logan scan (about 8 minutes): the

@@ -125,7 +125,7 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
     its Monte Carlo standard error), the weight norms, the data fit ||y - A x_lin||^2 and
     the solver's convergence summary (CG iterations, residuals, systems not converged), and
     "em_converged" (whether that cycle met `tol`).
-    cache: a dict that receives "preconditioner" = (the last one, its hyper) for reuse.
+    cache: a dict that receives "preconditioner", the last `sampling.Reuse`.
     """
     if estimator not in ESTIMATORS:
         raise InputError(f"Unknown effective-dimension estimator {estimator!r}; expected one of "
@@ -140,7 +140,7 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
     m = model.num_data
     hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in init))
     history = []
-    previous = None  # (preconditioner, its hyper): reused across cycles where exact
+    previous = None  # `sampling.Reuse`: the preconditioner reused across cycles where exact
     for cycle in range(cycles):
         k_mean, k_samples = jax.random.split(jax.random.fold_in(key, cycle))
         info = {}
@@ -152,11 +152,11 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
             w_lin = jnp.asarray(post.weight_mean, model.theta.dtype)
             data_fit = float(np.sum((dense.residual - dense.Phi @ post.weight_mean) ** 2))
         else:
-            prep = sampling.preconditioner(model, hyper, k_mean, opts, previous)
+            prep, previous = sampling.preconditioner(model, hyper, k_mean, opts, previous)
             if cycle == 0 and isinstance(prep, solvers.Nystrom) and prep.lam.dtype == jnp.float32:
                 hyper, prep = _well_conditioned_start(hyper, prep)
                 info["start_noise_variance"] = float(hyper.noise_variance)
-            previous = (prep, hyper)
+                previous = previous._replace(prep=prep, hyper=hyper)
             if cache is not None:
                 cache["preconditioner"] = previous
             draws = sampling.posterior_samples(model, hyper, k_samples, samples, opts, mesh=mesh,

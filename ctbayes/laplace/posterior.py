@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctbayes.errors import InputError
-from ctbayes.laplace import em, exact, matern, priors, sampling
+from ctbayes.laplace import edges, em, exact, matern, priors, sampling
 from ctbayes.laplace.linearise import PRIOR_MEANS, LinearModel, linear_model
 from ctbayes.laplace.sampling import Hyper, SolverOptions
 from ctbayes.laplace.solvers import CGInfo, check_convergence
@@ -40,6 +40,9 @@ class LaplaceConfig:
       by the first k path entries instead of the owning module; gprior_probes: Rademacher
       probes for the g-prior scale (None: exact, small problems); matern_lengthscale: the
       Matern prior's lengthscale in filter taps (None: fitted per kernel to its filters).
+    edge_features: add a per-pixel edge displacement u ~ N(0, b^2) with features
+      |grad f(theta*)| as one more prior group, "edge", whose variance the EM learns
+      (`edges`): variance where the image has edges, which a grid model otherwise misses.
     prior_mean: "zero" (affine model, default) or "mode" (residual model), see `LinearModel`.
     mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
     em_cycles, samples: EM cycles (at most) and posterior samples per E-step; em_tol: stop
@@ -73,6 +76,7 @@ class LaplaceConfig:
     gprior_probes: int | None = 64
     group_depth: int | None = None
     matern_lengthscale: float | None = None
+    edge_features: bool = False
     gamma_estimator: str = "auto"
     init_prior_variance: float | None = None
     init_noise_variance: float | None = None
@@ -163,8 +167,8 @@ class LinearisedLaplace:
         from the EM's last one where that is exact)."""
         if self._prep is None:
             key = jax.random.fold_in(jax.random.key(self.config.seed), 3)
-            self._prep = sampling.preconditioner(self.model, self.hyper, key,
-                                                 self.config.solver_options, self._previous_prep)
+            self._prep, _ = sampling.preconditioner(self.model, self.hyper, key,
+                                                    self.config.solver_options, self._previous_prep)
         return self._prep
 
     # -- hyperparameters -------------------------------------------------------------------
@@ -308,8 +312,14 @@ def _model_and_start(fn, params, A, y, config: LaplaceConfig, key):
     group_by = priors.by_owner if config.group_depth is None else priors.by_prefix(config.group_depth)
     prior = priors.make_prior(config.prior, params, model_fn=fn, A=A, key=key,
                               probes=config.gprior_probes, group_by=group_by)
+    if config.edge_features:
+        fn, params = edges.with_edge_features(fn, params)
+        prior = edges.add_group(prior, int(np.prod(A.domain_shape)))
+        coordinates = edges.coordinates(coordinates or (lambda p: p), tuple(A.domain_shape))
     model = linear_model(fn, params, A, y, prior, config.prior_mean)
     init = em.initial_hyper(model)
+    if config.edge_features:
+        init = init._replace(prior_variances=edges.start_variances(prior, init.prior_variances))
     if config.init_prior_variance is not None:
         init = init._replace(
             prior_variances=jnp.full_like(init.prior_variances, config.init_prior_variance))

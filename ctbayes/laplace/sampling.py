@@ -155,23 +155,83 @@ def _preparation(model, hyper, key, opts: SolverOptions):
     return None
 
 
+# prior groups up to which the EM keeps one Nystrom sketch per group (G products per test
+# vector, paid once) rather than a new rank-r factor per cycle (one product, every cycle)
+SKETCH_MAX_GROUPS = 4
+
+
+class GroupSketch(NamedTuple):
+    """The Nystrom sketch of every prior group's part of P, P_g Omega with P_g = A J C_g J^T
+    A^T (unit variance): P = sum_g v_g P_g, so sum_g v_g P_g Omega is the sketch of P at any
+    variances, and a new factor costs no product with the network."""
+
+    omega: jax.Array  # (m, r)
+    y: jax.Array  # (G, m, r)
+
+
+class Reuse(NamedTuple):
+    """What the next `preconditioner` call, at other hyperparameters, can reuse: the last
+    set-up, the hyperparameters it was made for, and the group sketch (None: not kept)."""
+
+    prep: object
+    hyper: Hyper
+    sketch: GroupSketch | None = None
+
+
+@functools.partial(jax.jit, static_argnames=("rank",))
+def group_sketch(model: LinearModel, key: jax.Array, rank: int) -> GroupSketch:
+    """P_g Omega for every prior group g, from one product with J^T A^T and one with A J per
+    group (PRECONDITIONER_BLOCK test vectors at a time)."""
+    groups = model.prior.num_groups
+    _, phi, phi_t, _, _ = operators(model, Hyper(jnp.ones(groups, model.theta.dtype),
+                                                 jnp.ones((), model.theta.dtype)))
+    members = [model.prior.index == g for g in range(groups)]
+
+    def apply(u):  # (n, m) -> (n, G m)
+        q = model.prior.scale * phi_t(u)
+        return jnp.concatenate([phi(jnp.where(member, q, 0.0)) for member in members], axis=1)
+
+    omega = solvers.sketch_matrix(key, model.num_data, rank, model.theta.dtype)
+    y = solvers.blocked(apply, omega.T, PRECONDITIONER_BLOCK).T  # (G m, r)
+    return GroupSketch(omega, y.reshape(groups, model.num_data, rank))
+
+
+@jax.jit
+def _factor_of_sketch(sketch: GroupSketch, hyper: Hyper) -> solvers.Nystrom:
+    y = jnp.tensordot(hyper.prior_variances, sketch.y, 1)
+    return solvers.nystrom_factor(sketch.omega, y, hyper.noise_variance)
+
+
 def preconditioner(model: LinearModel, hyper: Hyper, key: jax.Array, opts: SolverOptions,
-                   previous=None):
-    """The solver set-up for `hyper`, reusing `previous` = (prep, hyper_then) when exact.
+                   previous: Reuse | None = None) -> tuple[object, Reuse]:
+    """(set-up, what to reuse next): the solver set-up for `hyper`, reusing `previous`
+    where that is exact.
 
     With one prior group, P = v * P_1 is the unit-variance P scaled, so a Nystrom factor of
     P at any variance serves every other one after rescaling its eigenvalues (and the SGD
-    bound likewise): the EM then pays for the rank-r factor once, not once per cycle.
+    bound likewise): the EM then pays for the rank-r factor once, not once per cycle. With
+    a few groups (at most SKETCH_MAX_GROUPS, e.g. a prior with edge features) CG keeps one
+    sketch per group (`GroupSketch`) and recombines it.
     """
     hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
-    if previous is not None and previous[0] is not None and model.prior.num_groups == 1:
-        prep, then = previous
+    groups = model.prior.num_groups
+    if previous is not None and previous.prep is not None and groups == 1:
+        prep, then = previous.prep, previous.hyper
         ratio = hyper.prior_variances[0] / then.prior_variances[0]
         if opts.kind == "sgd":  # 1.1 (1 + lam_max / s2)
             lam_max = (prep / 1.1 - 1.0) * then.noise_variance
-            return 1.1 * (1.0 + ratio * lam_max / hyper.noise_variance)
-        return solvers.Nystrom(prep.U, prep.lam * ratio, hyper.noise_variance)
-    return _preparation(model, hyper, key, opts)
+            prep = 1.1 * (1.0 + ratio * lam_max / hyper.noise_variance)
+        else:
+            prep = solvers.Nystrom(prep.U, prep.lam * ratio, hyper.noise_variance)
+        return prep, Reuse(prep, hyper)
+    if opts.kind == "cg" and opts.precond_rank > 0 and 1 < groups <= SKETCH_MAX_GROUPS:
+        sketch = previous.sketch if previous is not None else None
+        if sketch is None:
+            sketch = group_sketch(model, key, min(opts.precond_rank, model.num_data))
+        prep = _factor_of_sketch(sketch, hyper)
+        return prep, Reuse(prep, hyper, sketch)
+    prep = _preparation(model, hyper, key, opts)
+    return prep, Reuse(prep, hyper)
 
 
 def _solve(model, hyper, t, e, prep, opts: SolverOptions):

@@ -137,10 +137,21 @@ def nystrom(apply_p: Callable, m: int, rank: int, key: jax.Array, shift, dtype=j
     block: apply P to at most this many test vectors at once (bounds the memory of a
     network Jacobian's products; None: all at once).
     """
-    omega = jax.random.normal(key, (m, rank), dtype)
-    omega, _ = jnp.linalg.qr(omega)
-    y = blocked(apply_p, omega.T, block).T  # (m, r)
-    nu = np.sqrt(m) * jnp.finfo(dtype).eps * jnp.linalg.norm(y)
+    omega = sketch_matrix(key, m, rank, dtype)
+    return nystrom_factor(omega, blocked(apply_p, omega.T, block).T, shift)
+
+
+def sketch_matrix(key: jax.Array, m: int, rank: int, dtype=jnp.float32) -> jax.Array:
+    """The Nystrom sketch's test matrix Omega (m, rank): orthonormal Gaussian columns."""
+    omega, _ = jnp.linalg.qr(jax.random.normal(key, (m, rank), dtype))
+    return omega
+
+
+def nystrom_factor(omega: jax.Array, y: jax.Array, shift) -> Nystrom:
+    """The Nystrom factor of P from its sketch y = P Omega (m, r): a sketch is linear in P, so
+    the sketches of P's parts (`sampling.GroupSketch`) sum to that of any combination."""
+    m = omega.shape[0]
+    nu = np.sqrt(m) * jnp.finfo(y.dtype).eps * jnp.linalg.norm(y)
     y = y + nu * omega
     core = omega.T @ y
     core = 0.5 * (core + core.T)
@@ -149,7 +160,7 @@ def nystrom(apply_p: Callable, m: int, rank: int, key: jax.Array, shift, dtype=j
     u, sig, _ = jnp.linalg.svd(b, full_matrices=False)
     lam = jnp.maximum(sig ** 2 - nu, 0.0)
     bad = ~jnp.all(jnp.isfinite(lam))  # Cholesky failed: fall back to no preconditioning
-    return Nystrom(jnp.where(bad, 0.0, u), jnp.where(bad, 0.0, lam), jnp.asarray(shift, dtype))
+    return Nystrom(jnp.where(bad, 0.0, u), jnp.where(bad, 0.0, lam), jnp.asarray(shift, y.dtype))
 
 
 def blocked(apply: Callable, rows: jax.Array, block: int | None) -> jax.Array:

@@ -202,6 +202,8 @@ def main():
                    "compile_s": t["uncertainty_compile"],
                    "ratio": t["uncertainty"] / dip_seconds,
                    "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
+            if "prior_variance_edge" in result.hyperparameters:  # the learned edge std, pixels
+                row["edge_b"] = result.hyperparameters["prior_variance_edge"] ** 0.5
             truth, mask = scoring_target(scan, result.mean)
             if scan.ground_truth is None or args.simulated:
                 pool[name, label] = (scan, result, truth, mask)

@@ -1,7 +1,8 @@
 """Per-pixel uncertainty by the linearised Laplace method with sample-based EM.
 
 Modules, one concept each: `linearise` (J v, J^T u and the conjugate `LinearModel`),
-`priors` (prior groups: isotropic, per-layer, g-prior), `exact` (dense posterior and the
+`priors` (prior groups: isotropic, per-layer, g-prior), `matern` (the filter prior),
+`edges` (a per-pixel edge displacement as one more group), `exact` (dense posterior and the
 exact evidence, the oracle for small problems), `solvers` (batched CG, Nystrom
 preconditioner, sample-then-optimise), `sampling` (pathwise-conditioned samples, sharded over
 devices), `em` (MacKay updates from samples) and `posterior` (`fit_laplace`).

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctbayes.calibration import edge_strength
 from ctbayes.laplace.linearise import as_partial
 from ctbayes.laplace.priors import PriorGroups
 
@@ -28,21 +29,10 @@ GROUP = "edge"
 START_VARIANCE = 0.01  # b^2 at the EM start: edges misplaced by 0.1 pixel rms
 
 
-def edge_strength(image: jax.Array) -> jax.Array:
-    """|grad image| per pixel (Sobel with reflected borders, / 8), as
-    `calibration.edge_strength` computes it in NumPy."""
-    padded = jnp.pad(image, 1, mode="symmetric")
-    smooth0 = padded[:-2] + 2 * padded[1:-1] + padded[2:]  # [1, 2, 1] along axis 0
-    smooth1 = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]  # along axis 1
-    d0 = smooth1[2:] - smooth1[:-2]
-    d1 = smooth0[:, 2:] - smooth0[:, :-2]
-    return jnp.sqrt(d0 * d0 + d1 * d1) / 8
-
-
 def _image_with_edges(fn, params):
     network_params, displacement = params
     image = fn(network_params)
-    return image + jax.lax.stop_gradient(edge_strength(image)) * displacement
+    return image + jax.lax.stop_gradient(edge_strength(image, jnp)) * displacement
 
 
 def with_edge_features(fn, params) -> tuple[jax.tree_util.Partial, tuple]:

@@ -54,8 +54,8 @@ from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
 from ctbayes.simulate import default_geometry, simulate_scan
-from ctbayes.uncertainty import (UncertaintyConfig, heldout_view_metrics, scoring_target,
-                                 uncertainty_metrics)
+from ctbayes.uncertainty import (UncertaintyConfig, heldout_view_metrics, reference_variance,
+                                 scoring_target, uncertainty_metrics)
 
 
 HTC_SAMPLES = ("ta", "tb")
@@ -110,12 +110,27 @@ def cross_calibrated_rows(pool: dict, heldout: dict, protocol=lambda name: "") -
                    "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
                    "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
                    "cov95": scores["coverage_95"], "z_rms": scores["z_rms"]}
+            row |= with_reference_noise(scan, truth, result.mean, std, samples, mask)
+            row.pop("ll_constant_refnoise", None)  # the constant's is on the uncalibrated row
             if name in heldout:
                 held = heldout_view_metrics(held_A, heldout[name].sinogram, samples,
                                             noise_variance)
                 row |= {"heldout_ll": held["log_likelihood"], "heldout_cov90": held["coverage_90"]}
             rows.append(row)
     return rows
+
+
+def with_reference_noise(scan, truth, mean, std, samples, mask) -> dict:
+    """For a real scan whose reference carries a draw of its own noise: LL, coverage_90 and
+    z_rms against that noisy reference under the posterior's variance plus its noise
+    (`uncertainty.reference_variance`); else nothing."""
+    variance = reference_variance(scan, mean)
+    if variance is None:
+        return {}
+    scores = uncertainty_metrics(truth, mean, std, samples, mask, truth_variance=variance)
+    return {"ll_refnoise": scores["log_likelihood"], "cov90_refnoise": scores["coverage_90"],
+            "z_rms_refnoise": scores["z_rms"],
+            "ll_constant_refnoise": scores["log_likelihood_constant_std"]}
 
 
 def simulated_scans(size: int = 64, off_grid: bool = False):
@@ -215,6 +230,9 @@ def main():
                     # the 90% coverage the same map would have with its overall scale right
                     "cov90_rescaled": uncertainty_metrics(
                         truth, result.mean, result.std * scores["z_rms"], mask=mask)["coverage_90"]}
+            noisy = with_reference_noise(scan, truth, result.mean, result.std, result.samples, mask)
+            constant_with_noise = noisy.pop("ll_constant_refnoise", None)
+            row |= noisy
             held = None
             if name in heldout:  # predict the views between the measured ones
                 held_scan = heldout[name]
@@ -235,6 +253,8 @@ def main():
                             "cov90": flat["coverage_90"], "cov95": flat["coverage_95"]}
                 if held is not None:
                     baseline["heldout_ll"] = held["log_likelihood_constant_std"]
+                if constant_with_noise is not None:  # its own best constant, plus the noise
+                    baseline["ll_refnoise"] = constant_with_noise
                 rows.append(baseline)
     # the simulated study's protocols are its noise models (the last word of a scan's name)
     rows += cross_calibrated_rows(pool, heldout,

@@ -60,9 +60,25 @@ def z_rms(truth, mean, std) -> float:
     return float(np.sqrt(np.mean((err / np.maximum(np.asarray(std, np.float64), 1e-12)) ** 2)))
 
 
-def best_constant_std(truth, mean) -> float:
-    """The single std that maximises the Gaussian log-likelihood with hindsight: the RMSE."""
-    return float(np.sqrt(np.mean((np.asarray(truth, np.float64) - np.asarray(mean, np.float64)) ** 2)))
+def best_constant_std(truth, mean, extra_variance=None) -> float:
+    """The single std c that maximises the Gaussian log-likelihood with hindsight: the RMSE.
+    With `extra_variance` v (per pixel, e.g. a noisy reference's own noise) the pixels are
+    scored under std sqrt(c^2 + v), and c is found by a bounded 1-D search."""
+    err2 = (np.asarray(truth, np.float64) - np.asarray(mean, np.float64)) ** 2
+    if extra_variance is None:
+        return float(np.sqrt(np.mean(err2)))
+    from scipy.optimize import minimize_scalar
+
+    v = np.broadcast_to(np.asarray(extra_variance, np.float64), err2.shape)
+
+    def minus_log_likelihood(c2):
+        total = np.maximum(c2 + v, 1e-24)
+        return float(np.sum(np.log(total) + err2 / total))
+
+    # the optimum c^2 + v is a weighted mean of err^2, so c^2 lies below its largest value
+    best = minimize_scalar(minus_log_likelihood, bounds=(0.0, float(err2.max()) + 1e-24),
+                           method="bounded", options={"xatol": 1e-6 * float(err2.mean()) + 1e-30})
+    return float(np.sqrt(best.x))
 
 
 def _blocks(a, patch: int):
@@ -78,7 +94,8 @@ def patches_inside(mask, patch: int) -> np.ndarray:
     return _blocks(np.asarray(mask, bool), patch).all(-1)
 
 
-def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=None) -> float:
+def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=None,
+                         extra_variance=None) -> float:
     """Per-pixel log-likelihood of the truth under Gaussians fitted to posterior samples on
     non-overlapping patch x patch blocks (sample mean and covariance, plus jitter * I), as
     bayes_dip reports it. Pixels outside whole patches are left out, and with a boolean
@@ -87,7 +104,8 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
     jitter is relative to the truth's data range squared (absolute for an image in [0, 1], as
     bayes_dip's are), so the metric does not depend on the image's units: an absolute 1e-6
     would swamp the covariance of an HTC2022 reconstruction, whose std is about 2e-4. The
-    data range is that of the scored pixels."""
+    data range is that of the scored pixels. extra_variance (per pixel, e.g. a noisy
+    reference's own noise) is added to each patch covariance's diagonal."""
     samples = np.asarray(samples, np.float64)
     truth = np.asarray(truth, np.float64)
     n, h, w = samples.shape
@@ -103,6 +121,9 @@ def patch_log_likelihood(truth, samples, patch: int, jitter: float = 1e-6, mask=
     jitter = jitter * data_range(truth_blocks[inside]) ** 2  # of the scored pixels
     centred = x - x.mean(0)
     cov = np.einsum("npi,npj->pij", centred, centred) / max(n - 1, 1) + jitter * np.eye(d)
+    if extra_variance is not None:
+        extra = np.broadcast_to(np.asarray(extra_variance, np.float64), truth.shape)
+        cov = cov + _blocks(extra, patch)[:, :, None] * np.eye(d)
     diff = truth_blocks - x.mean(0)
     chol = np.linalg.cholesky(cov)
     z = np.linalg.solve(chol, diff[..., None])[..., 0]

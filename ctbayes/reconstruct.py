@@ -17,7 +17,8 @@ from ctbayes.operators import make_ray_transform
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
 from ctbayes.uncertainty import (UncertaintyConfig, dip_config_for, image_posterior, mixture,
-                                 scoring_target, summarise)
+                                 reference_variance, scoring_target, summarise,
+                                 uncertainty_metrics)
 
 METHODS = ("dip", "fbp", "tv")
 
@@ -162,6 +163,10 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
     # are all about this image
     image = summary.mean
     scores = score(image, scan, A) | {key + suffix: v for key, v in summary.metrics.items()}
+    noise = reference_variance(scan, image) if suffix else None
+    if noise is not None:  # the reference is itself noisy: its scores allowing for that
+        scores |= {f"{key}{suffix}_and_its_noise": v for key, v in uncertainty_metrics(
+            truth, image, summary.std, summary.samples, mask, truth_variance=noise).items()}
     return Reconstruction(mean=image, method="dip", settings=settings, timings=timings,
                           std=summary.std, samples=summary.samples if len(summary.samples) else None,
                           metrics=scores, hyperparameters=hyper)

@@ -229,27 +229,35 @@ def mixture(members: list[UncertaintySummary], save_samples: int, ground_truth=N
                               sum(m.seconds for m in members))
 
 
-def uncertainty_metrics(truth, mean, std, samples=None, mask=None) -> dict:
+def uncertainty_metrics(truth, mean, std, samples=None, mask=None, truth_variance=None) -> dict:
     """Test log-likelihoods (per-pixel Gaussian, the best constant std with hindsight, and
     patch-wise from the samples for k in PATCH_SIZES that fit), 50/90/95% coverage and the
     rms of the z-scores (`metrics.z_rms`: how far the std map's overall scale is off).
     mask: score only these pixels (e.g. a scanner's field of view; the patch scores then
-    take the patches wholly inside it, and a k with no such patch is left out)."""
+    take the patches wholly inside it, and a k with no such patch is left out).
+    truth_variance: per-pixel variance of noise in the truth itself (a reference FBP's,
+    `reference_variance`): each score is then of the noisy truth, under the posterior's
+    variance plus this one (the constant std's too)."""
+    extra = None if truth_variance is None else np.broadcast_to(
+        np.asarray(truth_variance, np.float64), np.shape(truth))
+    if extra is not None:
+        std = np.sqrt(np.asarray(std, np.float64) ** 2 + extra)
     if mask is None:
-        pixels = (truth, mean, std)
+        pixels, pixel_extra = (truth, mean, std), extra
     else:
         mask = np.asarray(mask, bool)
         pixels = tuple(np.asarray(a)[mask] for a in (truth, mean, std))
+        pixel_extra = None if extra is None else extra[mask]
     result = {"log_likelihood": metrics.gaussian_log_likelihood(*pixels)}
-    constant = metrics.best_constant_std(*pixels[:2])
+    constant = metrics.best_constant_std(*pixels[:2], pixel_extra)
     result["log_likelihood_constant_std"] = metrics.gaussian_log_likelihood(
-        *pixels[:2], np.full_like(pixels[2], constant))
+        *pixels[:2], np.sqrt(constant ** 2 + (0 if pixel_extra is None else pixel_extra)))
     if samples is not None:
         for k in PATCH_SIZES:
             if k <= min(np.shape(truth)) and len(samples) > 1 and (
                     mask is None or metrics.patches_inside(mask, k).any()):
                 result[f"patch_log_likelihood_{k}"] = metrics.patch_log_likelihood(
-                    truth, samples, k, mask=mask)
+                    truth, samples, k, mask=mask, extra_variance=extra)
     for level, value in metrics.coverage(*pixels).items():
         result[f"coverage_{round(level * 100)}"] = value
     result["z_rms"] = metrics.z_rms(*pixels)
@@ -273,6 +281,25 @@ def scoring_target(scan, image):
     if "segmentation" in scan.references:
         inside &= ndimage.binary_fill_holes(scan.references["segmentation"] > 0.5)
     return reference / metrics.fit_scale(image, reference), inside
+
+
+def reference_variance(scan, image, smoothing: float | None = None):
+    """Per-pixel variance of the reference FBP's own noise, in the units of
+    `scoring_target(scan, image)`; None where the scan holds no draw of that noise (the
+    reference "fbp_noise", from importing an HTC2022 full-data file).
+
+    A reference computed from the full measurement is itself noisy: at 128x128 on HTC2022
+    its noise std is about that of the Laplace posterior's. The variance is the squared draw
+    averaged locally (Gaussian, `smoothing` pixels; default the image size / 16), since
+    one draw holds too little to give each pixel its own."""
+    if "fbp_noise" not in scan.references or scan.ground_truth is not None:
+        return None
+    from scipy import ndimage
+
+    noise = np.asarray(scan.references["fbp_noise"], np.float64)
+    sigma = max(np.shape(noise)) / 16 if smoothing is None else smoothing
+    scale = metrics.fit_scale(image, scan.references["fbp"])  # as in scoring_target
+    return ndimage.gaussian_filter(noise ** 2, sigma) / scale ** 2
 
 
 def heldout_view_metrics(A_heldout, y_heldout, samples, noise_variance: float) -> dict:

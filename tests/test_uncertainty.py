@@ -55,6 +55,50 @@ def test_metrics_of_a_known_gaussian():
     assert uncertainty.uncertainty_metrics(truth, mean, constant)["z_rms"] == pytest.approx(1, abs=1e-12)
 
 
+def test_a_noisy_truth_is_scored_under_the_posterior_plus_its_noise():
+    """The reference holds noise of known variance v (varying over the image) on top of a
+    draw from N(mean, std^2): scored with truth_variance=v the true std covers at the nominal
+    rates (without it, too little), and the best constant std solves c^2 = mean(err^2) - v
+    where v is one number."""
+    rng = np.random.default_rng(5)
+    std = np.exp(rng.uniform(np.log(0.01), np.log(0.1), (64, 64)))
+    v = np.exp(rng.uniform(np.log(0.01), np.log(0.1), (64, 64))) ** 2
+    mean = rng.normal(size=(64, 64))
+    noisy = mean + std * rng.normal(size=(64, 64)) + np.sqrt(v) * rng.normal(size=(64, 64))
+    samples = mean + std * rng.normal(size=(400, 64, 64))
+    scores = uncertainty.uncertainty_metrics(noisy, mean, std, samples, truth_variance=v)
+    for level in (50, 90, 95):
+        assert abs(scores[f"coverage_{level}"] - level / 100) < 0.03
+    assert abs(scores["z_rms"] - 1) < 0.05
+    assert abs(scores["patch_log_likelihood_1"] - scores["log_likelihood"]) < 0.05
+    assert scores["log_likelihood"] > scores["log_likelihood_constant_std"] + 0.1
+    assert uncertainty.uncertainty_metrics(noisy, mean, std)["coverage_90"] < 0.8
+    err2 = np.mean((noisy - mean) ** 2)
+    assert metrics.best_constant_std(noisy, mean, 0.001) ** 2 == pytest.approx(err2 - 0.001, rel=1e-4)
+    assert metrics.best_constant_std(noisy, mean, np.zeros_like(v)) == pytest.approx(
+        metrics.best_constant_std(noisy, mean), rel=1e-4)
+
+
+def test_reference_variance_is_the_local_power_of_its_noise_draw():
+    """A draw of white noise of std 0.02 in the reference's units, whose reference is 4x
+    the image: in the image's units the variance is (0.02 / 4)^2 (on average within 5%, and
+    within 50% at every pixel off the border from a local average of one draw)."""
+    from ctbayes.scan import Scan
+
+    size = 64
+    g = default_geometry(size)
+    image = make_phantom("shepp-logan", size)
+    draw = 0.02 * np.random.default_rng(6).normal(size=(size, size))
+    refs = {"fbp": 4 * image, "fbp_noise": draw.astype(np.float32)}
+    scan = Scan(sinogram=np.zeros(g.sinogram_shape, np.float32), geometry=g, references=refs)
+    variance = uncertainty.reference_variance(scan, image)
+    assert variance.shape == image.shape
+    assert variance.mean() == pytest.approx((0.02 / 4) ** 2, rel=0.05)
+    np.testing.assert_allclose(variance[8:-8, 8:-8], (0.02 / 4) ** 2, rtol=0.5)
+    assert uncertainty.reference_variance(dataclasses.replace(
+        scan, references={"fbp": 4 * image}), image) is None  # no draw, nothing to allow for
+
+
 def test_real_scans_are_scored_inside_the_object_in_the_field_of_view():
     """No truth: the reference is brought to the image's scale, and only the pixels of the
     object (the segmentation with its hole filled) that every view sees are scored."""
@@ -188,6 +232,20 @@ def test_real_data_posteriors_are_scored_against_the_reference(scan32):
     assert not metrics.patches_inside(mask, 10).any()
     assert "patch_log_likelihood_10_vs_reference_fbp" not in result.metrics
     assert unscaled_z_rms(result) == pytest.approx(1.5 * expected, rel=1e-5)
+    assert not any(key.endswith("_and_its_noise") for key in result.metrics)
+    # with a draw of the reference's noise, the same scores again allowing for that noise:
+    # a larger predictive std, so smaller z-scores and wider intervals
+    draw = 0.05 * np.random.default_rng(7).normal(size=truth.shape).astype(np.float32)
+    noisy = dataclasses.replace(real, references=real.references | {"fbp_noise": draw})
+    again = reconstruct(noisy, config)
+    truth, mask = uncertainty.scoring_target(noisy, again.mean)
+    variance = uncertainty.reference_variance(noisy, again.mean)
+    both = np.sqrt(again.std ** 2 + variance)
+    assert again.metrics["z_rms_vs_reference_fbp_and_its_noise"] == pytest.approx(
+        metrics.z_rms(truth[mask], again.mean[mask], both[mask]), rel=1e-5)
+    assert again.metrics["z_rms_vs_reference_fbp_and_its_noise"] < again.metrics["z_rms_vs_reference_fbp"]
+    assert again.metrics["coverage_90_vs_reference_fbp_and_its_noise"] >= \
+        again.metrics["coverage_90_vs_reference_fbp"]
 
 
 @pytest.fixture(scope="module")

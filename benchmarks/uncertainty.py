@@ -85,23 +85,30 @@ def cross_calibrated_rows(pool: dict, heldout: dict, protocol=lambda name: "") -
     of the same protocol (leave one out, the same method; `ctbayes.calibration`): the std
     scale alone, and the scale with the edge term (`fit_scale_and_edge`). Log-likelihood and
     coverage (inside the object for real scans), and the held-out views predicted from the
-    calibrated samples. pool: (scan name, method) -> (scan, result, truth, mask); protocol:
+    calibrated samples. Where the references carry a draw of their own noise, both are
+    learned once more allowing for it, and those rows are scored allowing for it (the
+    *_refnoise columns). pool: (scan name, method) -> (scan, result, truth, mask); protocol:
     scan name -> its acquisition protocol (a scanner's calibration holds for one)."""
     rows = []
     for (name, method), (scan, result, truth, mask) in pool.items():
-        others = [other for other, m in pool if m == method and other != name
-                  and protocol(other) == protocol(name)]
-        if not others:
+        names = [other for other, m in pool if m == method and other != name
+                 and protocol(other) == protocol(name)]
+        if not names:
             continue
-        scale = std_scale([unscaled_z_rms(pool[other, method][1]) for other in others])
-        pair = fit_scale_and_edge([(t, r.mean, r.std, k) for _, r, t, k in
-                                   (pool[other, method] for other in others)])
-        source = others[0].split()[0] if len(others) == 1 else f"the other {len(others)}"
-        if name in heldout:  # the held-out views' operator and noise, for both calibrations
+        others = [pool[other, method] for other in names]
+        targets = [(t, r.mean, r.std, k, reference_variance(s, r.mean)) for s, r, t, k in others]
+        calibrations = [(std_scale([unscaled_z_rms(r) for _, r, _, _ in others]), 0.0, False),
+                        (*fit_scale_and_edge([target[:4] for target in targets]), False)]
+        if all(target[4] is not None for target in targets):
+            calibrations += [(*fit_scale_and_edge(targets, edge=False), True),
+                             (*fit_scale_and_edge(targets), True)]
+        source = names[0].split()[0] if len(names) == 1 else f"the other {len(names)}"
+        if name in heldout:  # the held-out views' operator and noise, for every calibration
             held_A = make_ray_transform(heldout[name].geometry)
             noise_variance = predictive_noise_variance(result, scan)
-        for (scale, edge), label in [((scale, 0.0), f"std x {scale:.2f}"),
-                                     (pair, f"std x {pair[0]:.2f} + edge {pair[1]:.3f} px")]:
+        for k, (scale, edge, allowing) in enumerate(calibrations):
+            label = f"std x {scale:.2f}" + (f" + edge {edge:.3f} px" if k % 2 else "") + \
+                (" (allowing the reference noise)" if allowing else "")
             samples = calibrated_samples(result.samples, result.mean, scale, edge)
             std = calibrated_std(result.std, result.mean, scale, edge)
             scores = uncertainty_metrics(truth, result.mean, std, samples, mask)
@@ -110,8 +117,9 @@ def cross_calibrated_rows(pool: dict, heldout: dict, protocol=lambda name: "") -
                    "ll": scores["log_likelihood"], "ll_patch2": scores.get("patch_log_likelihood_2"),
                    "cov50": scores["coverage_50"], "cov90": scores["coverage_90"],
                    "cov95": scores["coverage_95"], "z_rms": scores["z_rms"]}
-            row |= with_reference_noise(scan, truth, result.mean, std, samples, mask)
-            row.pop("ll_constant_refnoise", None)  # the constant's is on the uncalibrated row
+            if allowing:  # scored as it was learned: against the reference and its noise
+                row |= with_reference_noise(scan, truth, result.mean, std, samples, mask)
+                row.pop("ll_constant_refnoise", None)  # the constant's is on the uncalibrated row
             if name in heldout:
                 held = heldout_view_metrics(held_A, heldout[name].sinogram, samples,
                                             noise_variance)

@@ -50,10 +50,11 @@ def unscaled_z_rms(result, name: str = "result") -> float:
 
 
 def calibration_target(result, scan):
-    """(truth, mean, std, mask) of a result against its scan's truth or scaled reference FBP
-    (`uncertainty.scoring_target`), the std as the posterior gave it (before the calibration
-    it was written with); None where the scan has neither or does not match the result."""
-    from ctbayes.uncertainty import scoring_target
+    """(truth, mean, std, mask, truth_variance) of a result against its scan's truth or scaled
+    reference FBP (`uncertainty.scoring_target`; truth_variance: that reference's own noise,
+    `uncertainty.reference_variance`, or None), the std as the posterior gave it (before the
+    calibration it was written with); None where the scan has neither or does not match."""
+    from ctbayes.uncertainty import reference_variance, scoring_target
 
     if result.std is None or (scan.ground_truth is None and "fbp" not in scan.references):
         return None
@@ -63,7 +64,7 @@ def calibration_target(result, scan):
     settings = result.settings
     std = unscaled_std(result.std, result.mean, float(settings.get("uncertainty_std_scale", 1.0)),
                        float(settings.get("uncertainty_edge_std", 0.0)))
-    return truth, result.mean, std, mask
+    return truth, result.mean, std, mask, reference_variance(scan, result.mean)
 
 
 def posterior_flags(result) -> str:
@@ -138,34 +139,47 @@ def unscaled_std(std, mean, std_scale: float = 1.0, edge_std: float = 0.0) -> np
     return np.sqrt(np.maximum(variance, 0.0)) / std_scale
 
 
-def fit_scale_and_edge(scans) -> tuple[float, float]:
+def fit_scale_and_edge(scans, edge: bool = True) -> tuple[float, float]:
     """(std_scale, edge_std) maximising the mean Gaussian log-likelihood of the truths under
     `calibrated_std`, each scan's pixels weighted equally (a scan: (truth, mean, std, mask),
-    mask None for all pixels). With no edge term it is the pooled rms z-score."""
-    from scipy.optimize import minimize
+    mask None for all pixels, and optionally a fifth item: the truth's own noise variance per
+    pixel, e.g. a reference FBP's (`uncertainty.reference_variance`), added to the calibrated
+    variance and not scaled). edge False: the scale alone (edge_std 0). With no edge term and
+    no truth noise it is the pooled rms z-score."""
+    from scipy.optimize import minimize, minimize_scalar
 
     pixels = []
-    for truth, mean, std, mask in scans:
+    for truth, mean, std, mask, *noise in scans:
         keep = np.ones(np.shape(mean), bool) if mask is None else np.asarray(mask, bool)
         keep &= np.asarray(std) > 0
         if not keep.any():
             raise InputError("a calibration scan has no scored pixel with a positive std.")
         error2 = (np.asarray(truth, np.float64) - mean)[keep] ** 2
+        extra = 0.0 if not noise or noise[0] is None else \
+            np.broadcast_to(np.asarray(noise[0], np.float64), np.shape(mean))[keep]
         pixels.append((error2, np.asarray(std, np.float64)[keep] ** 2,
-                       edge_strength(mean)[keep] ** 2))
+                       edge_strength(mean)[keep] ** 2, extra))
 
     def loss(log_params):  # minus the mean log-likelihood, up to a constant
         c2, b2 = np.exp(2 * log_params)
         total = 0.0
-        for error2, std2, edge2 in pixels:
-            variance = c2 * std2 + b2 * edge2
+        for error2, std2, edge2, extra in pixels:
+            variance = c2 * std2 + b2 * edge2 + extra
             total += np.mean(error2 / variance + np.log(variance))
         return total / (2 * len(pixels))
 
-    pooled = std_scale([math.sqrt(np.mean(e / s)) for e, s, _ in pixels])  # the scale alone
+    pooled = std_scale([math.sqrt(np.mean(e / s)) for e, s, _, _ in pixels])  # the scale alone
+    no_edge = math.log(1e-9)
+    if any(np.any(extra) for *_, extra in pixels):  # no closed form: search the scale
+        alone = minimize_scalar(lambda log_c: loss(np.array([log_c, no_edge])),
+                                bounds=(math.log(pooled) - 12, math.log(pooled) + 1),
+                                method="bounded", options={"xatol": 1e-7})
+        pooled = float(math.exp(alone.x))
+    if not edge:
+        return pooled, 0.0
     best = minimize(loss, np.log([pooled, 0.05]), method="Nelder-Mead",
                     options={"xatol": 1e-6, "fatol": 1e-12, "maxiter": 2000})
-    if not loss(np.array([best.x[0], math.log(1e-9)])) > best.fun:  # no edge term is as good
+    if not loss(np.array([best.x[0], no_edge])) > best.fun:  # no edge term is as good
         return pooled, 0.0
-    scale, edge = np.exp(best.x)
-    return float(scale), float(edge)
+    scale, edge_std = np.exp(best.x)
+    return float(scale), float(edge_std)

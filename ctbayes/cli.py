@@ -235,10 +235,12 @@ def _calibrate(args):
     targets = [calibration_target(result, read_scan(scan)) if scan else None
                for result, scan in zip(results, scans)]
     if all(target is not None for target in targets):  # the truth per pixel: scale and edges
-        for path, (truth, mean, std, mask) in zip(args.results, targets):
+        for path, (truth, mean, std, mask, _) in zip(args.results, targets):
             inside = (slice(None),) if mask is None else mask
             print(f"{path}: z_rms {z_rms(truth[inside], mean[inside], std[inside]):.4g} (unscaled)")
         scale, edge = fit_scale_and_edge(targets)
+        if any(target[4] is not None for target in targets):
+            print("(allowing for the reference FBP's own noise, drawn when it was imported)")
         print(f"std scale {scale:.4g}, edge std {edge:.4g} px: use ctbayes reconstruct SCAN "
               f"{flags} --std-scale {scale:.4g} --edge-std {edge:.4g}")
         return

@@ -43,6 +43,28 @@ def test_without_edge_errors_the_fit_is_the_pooled_rms_z_score():
     assert scale == pytest.approx(1.5, rel=0.05)
 
 
+def _with_noisy_truths(scans, seed=2):
+    """The scans' truths plus noise of a known, smoothly varying variance v: (..., v)."""
+    rng = np.random.default_rng(seed)
+    noisy = []
+    for truth, mean, std, mask in scans:
+        v = (0.02 * np.exp(ndimage.gaussian_filter(rng.standard_normal(mean.shape), 6) * 2)) ** 2
+        noisy.append((truth + np.sqrt(v) * rng.standard_normal(mean.shape), mean, std, mask, v))
+    return noisy
+
+
+def test_fit_allows_for_a_noisy_truth():
+    """Truths with noise of known variance v on top (a noisy reference): told v, the fit
+    recovers the scale and edge std, and the scale alone when asked for it; not told, the
+    scale absorbs the noise and comes out too large."""
+    noisy = _with_noisy_truths(_scans(2.0, 0.15))
+    scale, edge = fit_scale_and_edge(noisy)
+    assert scale == pytest.approx(2.0, rel=0.05) and edge == pytest.approx(0.15, rel=0.1)
+    assert fit_scale_and_edge([item[:4] for item in noisy])[0] > 2.2
+    alone, none = fit_scale_and_edge(_with_noisy_truths(_scans(1.5, 0.0)), edge=False)
+    assert none == 0.0 and alone == pytest.approx(1.5, rel=0.05)
+
+
 def test_calibrated_samples_have_the_calibrated_std_and_it_can_be_undone():
     rng = np.random.default_rng(1)
     mean = make_phantom("rectangles", 32, 0).astype(np.float32)

@@ -16,9 +16,8 @@ from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
-from ctbayes.uncertainty import (UncertaintyConfig, dip_config_for, image_posterior, mixture,
-                                 reference_variance, scoring_target, summarise,
-                                 uncertainty_metrics)
+from ctbayes.uncertainty import (NOISY, UncertaintyConfig, dip_config_for, image_posterior,
+                                 mixture, reference_variance, scoring_target, summarise)
 
 METHODS = ("dip", "fbp", "tv")
 
@@ -146,9 +145,9 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
                   for key, value in learned.items()}
         precision.append(getattr(posterior, "precision", None))
         cycles.append(len(posterior.history) if config.method == "laplace" else None)
-    truth, mask, suffix = _uncertainty_target(scan, summaries)
+    truth, mask, noise, suffix = _uncertainty_target(scan, summaries)
     summary = mixture(summaries, config.save_samples, truth, mask, config.std_scale,
-                      config.edge_std, config.seed)
+                      config.edge_std, config.seed, truth_variance=noise)
     timings["uncertainty_sampling"] = summary.seconds
     timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
     timings["uncertainty_compile"] = compile_seconds() - compiled_before  # part of the above
@@ -162,27 +161,33 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
     # dropout and of the VI posteriors (averaged over an ensemble); the metrics and figures
     # are all about this image
     image = summary.mean
-    scores = score(image, scan, A) | {key + suffix: v for key, v in summary.metrics.items()}
-    noise = reference_variance(scan, image) if suffix else None
-    if noise is not None:  # the reference is itself noisy: its scores allowing for that
-        scores |= {f"{key}{suffix}_and_its_noise": v for key, v in uncertainty_metrics(
-            truth, image, summary.std, summary.samples, mask, truth_variance=noise).items()}
+    scores = score(image, scan, A) | {_metric_name(key, suffix): v
+                                      for key, v in summary.metrics.items()}
     return Reconstruction(mean=image, method="dip", settings=settings, timings=timings,
                           std=summary.std, samples=summary.samples if len(summary.samples) else None,
                           metrics=scores, hyperparameters=hyper)
 
 
 def _uncertainty_target(scan: Scan, summaries) -> tuple:
-    """(truth, mask, metric suffix) to score the posterior against: the ground truth; for
-    real data with a reference FBP, that reference scaled to the posterior's mean, inside
-    the object (`uncertainty.scoring_target`), its metrics named *_vs_reference_fbp; else
-    (None, None, "")."""
+    """(truth, mask, truth_variance, metric suffix) to score the posterior against: the
+    ground truth; for real data with a reference FBP, that reference scaled to the
+    posterior's mean, inside the object (`uncertainty.scoring_target`), with the variance of
+    its own noise where the scan holds a draw of it (`uncertainty.reference_variance`), its
+    metrics named *_vs_reference_fbp; else (None, None, None, "")."""
     if scan.ground_truth is not None:
-        return scan.ground_truth, None, ""
+        return scan.ground_truth, None, None, ""
     if "fbp" not in scan.references:
-        return None, None, ""
+        return None, None, None, ""
     centre = np.mean([s.mean for s in summaries], 0)  # the mixture's mean
-    return *scoring_target(scan, centre), "_vs_reference_fbp"
+    return (*scoring_target(scan, centre), reference_variance(scan, centre),
+            "_vs_reference_fbp")
+
+
+def _metric_name(key: str, suffix: str) -> str:
+    """log_likelihood + _vs_reference_fbp; log_likelihood_and_its_noise (`uncertainty.NOISY`)
+    -> log_likelihood_vs_reference_fbp_and_its_noise."""
+    noisy = key.endswith(NOISY)
+    return key.removesuffix(NOISY) + suffix + (NOISY if noisy else "")
 
 
 def _tv(A, scan, config):

@@ -20,6 +20,7 @@ from ctbayes.errors import InputError
 
 METHODS = ("laplace", "mcdo", "mfvi", "score-vi", "none")
 PATCH_SIZES = (1, 2, 10)
+NOISY = "_and_its_noise"  # metric names: scored allowing for the reference's own noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +202,7 @@ def summarise(posterior, config: UncertaintyConfig, ground_truth=None,
 
 def mixture(members: list[UncertaintySummary], save_samples: int, ground_truth=None,
             mask=None, std_scale: float = 1.0, edge_std: float = 0.0,
-            seed: int = 0) -> UncertaintySummary:
+            seed: int = 0, truth_variance=None) -> UncertaintySummary:
     """The equal-weight mixture of several posteriors' summaries (an ensemble of DIP fits).
 
     Its mean is the members' average and its variance the average member variance plus the
@@ -212,7 +213,9 @@ def mixture(members: list[UncertaintySummary], save_samples: int, ground_truth=N
     samples) for the pooled patch log-likelihoods.
     std_scale, edge_std: the calibration (`UncertaintyConfig`, `calibration.calibrated_std`
     and `calibrated_samples`, whose edge noise seed seeds), applied before the metrics
-    (against ground_truth, inside mask) score the result.
+    (against ground_truth, inside mask) score the result; with truth_variance (a noisy
+    reference's, `reference_variance`) they score it once more allowing for that noise, as
+    keys ending in `NOISY`.
     """
     means = np.stack([m.mean for m in members])
     variance = np.mean([m.std.astype(np.float64) ** 2 for m in members], 0) + means.var(0)
@@ -225,6 +228,9 @@ def mixture(members: list[UncertaintySummary], save_samples: int, ground_truth=N
         pooled = calibrated_samples(pooled, mean, std_scale, edge_std, seed)
     scores = uncertainty_metrics(ground_truth, mean, std, pooled, mask) \
         if ground_truth is not None else {}
+    if ground_truth is not None and truth_variance is not None:
+        scores |= {key + NOISY: value for key, value in uncertainty_metrics(
+            ground_truth, mean, std, pooled, mask, truth_variance=truth_variance).items()}
     return UncertaintySummary(mean, std, pooled[:save_samples], scores,
                               sum(m.seconds for m in members))
 

@@ -246,6 +246,7 @@ def test_real_data_posteriors_are_scored_against_the_reference(scan32):
     assert again.metrics["z_rms_vs_reference_fbp_and_its_noise"] < again.metrics["z_rms_vs_reference_fbp"]
     assert again.metrics["coverage_90_vs_reference_fbp_and_its_noise"] >= \
         again.metrics["coverage_90_vs_reference_fbp"]
+    assert "patch_log_likelihood_2_vs_reference_fbp_and_its_noise" in again.metrics  # all samples
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
 from ctbayes.results import read_result, write_result
 from ctbayes.simulate import default_geometry, simulate_scan
-from tests.conftest import run_quick_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DIP = dict(scales=2, channels=(8, 16), skip_channels=(0, 4), warm_start_iterations=50)
@@ -577,13 +576,3 @@ def test_edge_features_bring_real_data_closer_to_calibration():
     assert scores[True]["z_rms"] < 0.85 * scores[False]["z_rms"]
     assert scores[True]["log_likelihood"] > scores[False]["log_likelihood"] + 0.5
 
-
-@pytest.mark.slow
-def test_notebook_runs_in_quick_mode():
-    notebook, text = run_quick_notebook("uncertainty_maps.ipynb", timeout=600)
-    assert "laplace  PSNR" in text and "mcdo     PSNR" in text
-    if (ROOT.parent / "shared" / "data" / "htc2022" / "htc2022_ta_full.mat").exists():
-        assert "inside the object" in text and "the 60 held-out views" in text
-    images = sum("image/png" in o.get("data", {}) for c in notebook.cells
-                 if c.cell_type == "code" for o in c.get("outputs", []))
-    assert images >= 2

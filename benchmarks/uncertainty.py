@@ -3,7 +3,8 @@
 For every shipped scan and HTC2022 `ta` and `tb` (60 views over 360 degrees), one DIP fit per
 posterior, then: seconds of the DIP fit, of the hyperparameter fit (EM for Laplace, the
 optimisation for the VI posteriors) and of the sampling, the ratio of the uncertainty time
-to the DIP fit time (target for Laplace at 128x128: at most 2), the per-pixel Gaussian test
+to the DIP fit time (target for Laplace at 128x128: at most 2), where Laplace's fit spent
+its time (`fit_phases`: wall / compilation seconds of each phase), the per-pixel Gaussian test
 log-likelihood, the 2x2 patch log-likelihood, the coverage of the 50/90/95% intervals, the
 rms of the z-scores (z_rms: how far the std map's overall scale is off) and the 90% coverage
 the same map would have with that scale right (cov90_rescaled: std times z_rms).
@@ -59,6 +60,18 @@ from ctbayes.uncertainty import (UncertaintyConfig, heldout_view_metrics, refere
 
 
 HTC_SAMPLES = ("ta", "tb")
+
+PHASES = (("linearise", "lin"), ("condition", "cond"), ("preconditioner", "prec"),
+          ("e_steps", "e"))
+
+
+def fit_phases(timings: dict) -> str:
+    """Where Laplace's hyperparameter fit spent its time: 'lin 9/6 cond 4/4 prec 60/5 e 40/12'
+    (wall / XLA compilation seconds of the linearisation, the precision check, the EM's
+    solver set-ups and its E-steps; `fit_laplace`); '' for the other posteriors."""
+    return " ".join(f"{short} {timings[f'uncertainty_laplace_{name}']:.0f}/"
+                    f"{timings[f'uncertainty_laplace_{name}_compile']:.0f}"
+                    for name, short in PHASES if f"uncertainty_laplace_{name}" in timings)
 
 
 def htc_scans(image_size: int, samples=HTC_SAMPLES):
@@ -224,7 +237,8 @@ def main():
                    "sampling_s": t["uncertainty_sampling"],
                    "compile_s": t["uncertainty_compile"],
                    "ratio": t["uncertainty"] / dip_seconds,
-                   "em_cycles": result.settings.get("uncertainty_em_cycles_run", "")}
+                   "em_cycles": result.settings.get("uncertainty_em_cycles_run", ""),
+                   "fit_phases": fit_phases(t)}
             if "prior_variance_edge" in result.hyperparameters:  # the learned edge std, pixels
                 row["edge_b"] = result.hyperparameters["prior_variance_edge"] ** 0.5
             truth, mask = scoring_target(scan, result.mean)

@@ -139,6 +139,9 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
         member = dataclasses.replace(config, seed=config.seed + k)
         posterior, learned = image_posterior(fit, A, scan.sinogram, member)
         timings["uncertainty_fit"] += time.perf_counter() - start
+        for phase, seconds in getattr(posterior, "timings", {}).items():  # Laplace's phases
+            timings[f"uncertainty_laplace_{phase}"] = \
+                timings.get(f"uncertainty_laplace_{phase}", 0.0) + seconds
         summaries.append(summarise(posterior, dataclasses.replace(
             member, save_samples=member.samples), exact_std=exact))
         hyper |= {(f"member{k}_{key}" if len(fits) > 1 else key): value

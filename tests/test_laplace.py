@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -573,6 +574,25 @@ def test_fit_laplace_interface(p16):
     np.testing.assert_allclose(exact_post.std(), ref.std, rtol=1e-5)
     with pytest.raises(InputError):
         LaplaceConfig(prior="gaussian-process")
+
+
+def test_fit_laplace_times_its_phases_and_a_second_fit_compiles_nothing(p16):
+    """`timings` split the fit into its phases, each with the XLA compilation inside it: they
+    add up to at most the fit's wall time, and a second fit of the same problem, which reuses
+    every compiled program, spends none of it compiling."""
+    config = LaplaceConfig(prior="g-prior", em_cycles=2, samples=N, std_samples=N,
+                           cg_tol=OPTS.cg_tol, cg_max_iter=OPTS.cg_max_iter,
+                           precond_rank=OPTS.precond_rank, precision="auto")
+    phases = ("linearise", "condition", "preconditioner", "e_steps")
+    for attempt in ("first", "second"):
+        start = time.perf_counter()
+        post = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], config, jax.random.key(0))
+        wall = time.perf_counter() - start
+        t = post.timings
+        assert set(t) == {*phases, *(f"{phase}_compile" for phase in phases)}, t
+        assert 0 < sum(t[phase] for phase in phases) <= wall
+        assert all(0 <= t[f"{phase}_compile"] <= t[phase] for phase in phases), t
+    assert all(t[f"{phase}_compile"] == 0 for phase in phases), t
 
 
 def test_posterior_products_run_at_full_precision(p16):

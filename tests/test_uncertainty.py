@@ -393,6 +393,9 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
         assert f["reconstruction/std"].attrs["noise_variance"] > 0
     assert result.timings["uncertainty"] > 0
     assert 0 <= result.timings["uncertainty_compile"] <= result.timings["uncertainty"]
+    phases = [result.timings[f"uncertainty_laplace_{phase}"]  # stored with the result
+              for phase in ("linearise", "condition", "preconditioner", "e_steps")]
+    assert 0 < sum(phases) <= result.timings["uncertainty_fit"]
     for name in ("std.png", "error_vs_std.png", "calibration.png"):
         assert (figures / name).stat().st_size > 5_000
     # calibrate: the std scale and edge std that maximise the likelihood of the truth under

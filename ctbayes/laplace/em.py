@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctbayes.compile_clock import stopwatch
 from ctbayes.errors import InputError
 from ctbayes.laplace import exact, sampling, solvers
 from ctbayes.laplace.linearise import LinearModel
@@ -115,7 +116,8 @@ def _well_conditioned_start(hyper: Hyper, prep: "solvers.Nystrom"):
 def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
            samples: int = 64, solver: str = "cg", opts: SolverOptions | None = None,
            estimator: str = "auto", dense: "exact.DenseProblem | None" = None,
-           mesh=None, cache: dict | None = None, tol: float = 0.0) -> tuple[Hyper, list[dict]]:
+           mesh=None, cache: dict | None = None, tol: float = 0.0,
+           timings: dict | None = None) -> tuple[Hyper, list[dict]]:
     """Run up to `cycles` EM cycles from `init`; return the final hyperparameters and the
     history. tol: stop once no hyperparameter moved by more than a factor exp(tol) in a
     cycle (0: run all cycles).
@@ -126,6 +128,9 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
     the solver's convergence summary (CG iterations, residuals, systems not converged), and
     "em_converged" (whether that cycle met `tol`).
     cache: a dict that receives "preconditioner", the last `sampling.Reuse`.
+    timings: a dict that accumulates the seconds of the solver set-ups ("preconditioner",
+    not with "exact") and of the E-steps ("e_steps"), each with its XLA compilation
+    ("..._compile").
     """
     if estimator not in ESTIMATORS:
         raise InputError(f"Unknown effective-dimension estimator {estimator!r}; expected one of "
@@ -133,6 +138,7 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
     if solver not in ("cg", "sgd", "exact"):
         raise InputError(f"Unknown solver {solver!r}; expected cg, sgd or exact.")
     opts = opts or SolverOptions()
+    timings = {} if timings is None else timings
     if solver != "exact":
         opts = dataclasses.replace(opts, kind=solver)
     if solver == "exact" and dense is None:
@@ -145,22 +151,26 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
         k_mean, k_samples = jax.random.split(jax.random.fold_in(key, cycle))
         info = {}
         if solver == "exact":
-            post = exact.posterior(dense, np.asarray(hyper.prior_variances),
-                                   float(hyper.noise_variance))
-            gamma = exact.effective_dimensions(dense, post, np.asarray(hyper.prior_variances))
+            with stopwatch(timings, "e_steps"):
+                post = exact.posterior(dense, np.asarray(hyper.prior_variances),
+                                       float(hyper.noise_variance))
+                gamma = exact.effective_dimensions(dense, post, np.asarray(hyper.prior_variances))
             info = {"gamma_stderr": [0.0] * len(gamma)}
             w_lin = jnp.asarray(post.weight_mean, model.theta.dtype)
             data_fit = float(np.sum((dense.residual - dense.Phi @ post.weight_mean) ** 2))
         else:
-            prep, previous = sampling.preconditioner(model, hyper, k_mean, opts, previous)
+            with stopwatch(timings, "preconditioner"):
+                prep, previous = sampling.preconditioner(model, hyper, k_mean, opts, previous)
+                jax.block_until_ready(prep)
             if cycle == 0 and isinstance(prep, solvers.Nystrom) and prep.lam.dtype == jnp.float32:
                 hyper, prep = _well_conditioned_start(hyper, prep)
                 info["start_noise_variance"] = float(hyper.noise_variance)
                 previous = previous._replace(prep=prep, hyper=hyper)
             if cache is not None:
                 cache["preconditioner"] = previous
-            draws = sampling.posterior_samples(model, hyper, k_samples, samples, opts, mesh=mesh,
-                                               prep=prep)
+            with stopwatch(timings, "e_steps"):
+                draws = jax.block_until_ready(sampling.posterior_samples(
+                    model, hyper, k_samples, samples, opts, mesh=mesh, prep=prep))
             mean = draws.mean
             if solver == "cg":
                 info |= solvers.check_convergence(solvers.CGInfo(

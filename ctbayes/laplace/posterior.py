@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctbayes.compile_clock import stopwatch
 from ctbayes.errors import InputError
 from ctbayes.laplace import edges, em, exact, matern, priors, sampling
 from ctbayes.laplace.linearise import PRIOR_MEANS, LinearModel, linear_model
@@ -138,7 +139,8 @@ class LinearisedLaplace:
     """The linearised-Laplace posterior over the image (see `fit_laplace`).
 
     mean(), sample(key, n), std(), predictive_samples(key, n, A_candidate); the learned
-    hyperparameters as `prior_variances` (per group) and `noise_variance`; `history` (EM).
+    hyperparameters as `prior_variances` (per group) and `noise_variance`; `history` (EM);
+    `timings`, the fit's seconds by phase (see `fit_laplace`).
     coordinates: network parameters -> the coordinates the model is linearised in (the
     identity, or the Matern prior's white coordinates). output_dtype: where the model
     computes in float64 (`LaplaceConfig.precision`), the dtype the methods return.
@@ -146,8 +148,10 @@ class LinearisedLaplace:
 
     def __init__(self, model: LinearModel, hyper: Hyper, config: LaplaceConfig,
                  history: list[dict], dense: exact.DenseProblem | None = None, mesh=None,
-                 previous_preconditioner=None, coordinates=None, output_dtype=None):
+                 previous_preconditioner=None, coordinates=None, output_dtype=None,
+                 timings: dict | None = None):
         self.output_dtype = output_dtype
+        self.timings = timings or {}
         self.model = model
         self.coordinates = coordinates or (lambda params: params)
         self.hyper = Hyper(*(jnp.asarray(h, model.theta.dtype) for h in hyper))
@@ -282,19 +286,30 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     precision "auto" the condition is measured at the EM start (30 power iterations) and
     the linearised model is rebuilt in float64 (parameters, data and A) when it exceeds
     FLOAT32_CONDITION; float64 products cost about twice as much on a CPU.
+
+    The posterior's `timings` give the fit's seconds by phase, each with its XLA compilation
+    (`<phase>_compile`): "linearise" (the prior, the model and the EM start, twice where
+    "auto" moves to float64), "condition" (the power iteration of "auto"), "preconditioner"
+    (the EM's solver set-ups) and "e_steps" (the EM's posterior samples and solves).
     """
     key = jax.random.key(config.seed) if key is None else key
     k_prior, k_em = jax.random.split(key)
+    timings = {}
     if config.precision != "float64":
-        built = _model_and_start(fn, params, A, y, config, k_prior)
-        if (config.precision == "float32" or config.solver == "exact"
-                or _condition_at_start(*built[:2]) <= FLOAT32_CONDITION):
-            return _fit(*built, config, k_em, mesh)
+        with stopwatch(timings, "linearise"):
+            built = _model_and_start(fn, params, A, y, config, k_prior)
+        if config.precision == "float32" or config.solver == "exact":
+            return _fit(*built, config, k_em, mesh, timings=timings)
+        with stopwatch(timings, "condition"):
+            condition = _condition_at_start(*built[:2])
+        if condition <= FLOAT32_CONDITION:
+            return _fit(*built, config, k_em, mesh, timings=timings)
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
-        built = _model_and_start(fn, params64, A.astype(np.float64), np.asarray(y, np.float64),
-                                 config, k_prior)
-        return _fit(*built, config, k_em, mesh,
+        with stopwatch(timings, "linearise"):
+            built = _model_and_start(fn, params64, A.astype(np.float64),
+                                     np.asarray(y, np.float64), config, k_prior)
+        return _fit(*built, config, k_em, mesh, timings=timings,
                     output_dtype=jnp.result_type(*jax.tree.leaves(params)))
 
 
@@ -330,13 +345,13 @@ def _model_and_start(fn, params, A, y, config: LaplaceConfig, key):
 
 
 def _fit(model: LinearModel, init: Hyper, coordinates, config: LaplaceConfig, k_em, mesh,
-         output_dtype=None) -> LinearisedLaplace:
+         output_dtype=None, timings: dict | None = None) -> LinearisedLaplace:
     """EM from `init` on the linear model, then the posterior."""
     dense = exact.dense_problem(model) if config.solver == "exact" else None
     cache = {}
     hyper, history = em.run_em(model, init, k_em, cycles=config.em_cycles, samples=config.samples,
                                solver=config.solver, opts=config.solver_options,
                                estimator=config.gamma_estimator, dense=dense, mesh=mesh,
-                               cache=cache, tol=config.em_tol)
+                               cache=cache, tol=config.em_tol, timings=timings)
     return LinearisedLaplace(model, hyper, config, history, dense, mesh,
-                             cache.get("preconditioner"), coordinates, output_dtype)
+                             cache.get("preconditioner"), coordinates, output_dtype, timings)

@@ -584,7 +584,7 @@ def test_fit_laplace_times_its_phases_and_a_second_fit_compiles_nothing(p16):
                            cg_tol=OPTS.cg_tol, cg_max_iter=OPTS.cg_max_iter,
                            precond_rank=OPTS.precond_rank, precision="auto")
     phases = ("linearise", "condition", "preconditioner", "e_steps")
-    for attempt in ("first", "second"):
+    for _ in range(2):  # a first fit, then the same fit again
         start = time.perf_counter()
         post = fit_laplace(p16["fn"], p16["params"], p16["A"], p16["y"], config, jax.random.key(0))
         wall = time.perf_counter() - start

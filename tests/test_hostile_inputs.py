@@ -10,6 +10,7 @@ this file and in tests/test_fault.py.
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -414,15 +415,18 @@ def test_two_concurrent_writers_exactly_one_runs(tmp_path):
     scan = valid(tmp_path)
     out = tmp_path / "out.h5"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), CTBAYES_CACHE_DIR="off")
-    cmd = [sys.executable, "-m", "ctbayes", "reconstruct", str(scan), "-o", str(out), "--iterations",
-           "3000", "--uncertainty", "none", "--no-progress", "--checkpoint-every", "500"]
+    cmd = [sys.executable, "-m", "ctbayes", "reconstruct", str(scan), "-o", str(out)] + FBP
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lock = tmp_path / "out.h5.lock"
     deadline = time.time() + 120
     while not lock.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert lock.exists(), first.communicate()
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # the first writer holds the lock while the second tries
+    try:
+        assert lock.exists(), "the first writer took no lock"
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err
     assert second.returncode == 2

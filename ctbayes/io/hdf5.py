@@ -222,8 +222,10 @@ def _read(f, where) -> Scan:
             provenance = {k: (v.decode(errors="replace") if isinstance(v, bytes) else
                               v.item() if np.ndim(v) == 0 and hasattr(v, "item") else v)
                           for k, v in notes.attrs.items()}
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which Scan refuses
+        sinogram = data.astype(np.float32)
     return Scan(
-        sinogram=data.astype(np.float32),
+        sinogram=sinogram,
         geometry=geometry,
         ground_truth=ground_truth,
         noise_std=_attr(group, "noise_std", where=where),

@@ -209,6 +209,7 @@ def run_design(scan, config: LoopConfig = LoopConfig(), log=None, *, resume: boo
                 run = _read_run(f, strategy)
         if run is not None:
             designer.restore(state)
+            designer.replay(run.views, scan.sinogram)
 
     def record(new, t0, before):
         image = designer.reconstruction()

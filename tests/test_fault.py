@@ -76,11 +76,11 @@ def _mean(path):
 
 def test_kill_9_during_a_dip_fit_then_resume_is_bit_identical(tmp_path, env):
     scan = _scan(tmp_path)
-    iterations = 400
+    iterations = 120
     reference = _ctbayes(["reconstruct", scan, "-o", tmp_path / "ref.h5", "--iterations",
                           iterations] + DIP, env)
     assert reference.returncode == 0, reference.stderr
-    boundary = random.Random(35).randrange(10, iterations - 50, 10)
+    boundary = random.Random(35).randrange(10, iterations - 30, 10)
     out = tmp_path / "out.h5"
     checkpoint = tmp_path / "out.ckpt.npz"
     args = ["reconstruct", scan, "-o", out, "--iterations", iterations] + DIP

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from ctbayes import __version__
 from ctbayes.dip.fit import DIPConfig
-from ctbayes.errors import InputError
-from ctbayes.io.atomic import prepare_output_directory, prepare_output_file
+from ctbayes.errors import DataWarning, InputError, naming
+from ctbayes.io import lock
+from ctbayes.io.atomic import checkpoint_path, prepare_output_directory, prepare_output_file
+from ctbayes.io.inputs import MIN_ARC_DEGREES
 from ctbayes.laplace.priors import PRIOR_KINDS
 from ctbayes.uncertainty import METHODS as UNCERTAINTY
 from ctbayes.uncertainty import UncertaintyConfig
@@ -128,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--supersample", type=int, default=2, help="project a pixel-replicated copy this many times finer (a projector other than the reconstruction's)")
     sim.add_argument("--render", type=int, default=1, help="render the phantom this many times finer and measure it there with detector bins of finite width; the truth is its block means (no inverse crime; --supersample is then unused)")
     sim.add_argument("--seed", type=int, default=0)
+    for subparser in sub.choices.values():  # --debug also after the subcommand
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show tracebacks of internal errors")
     return parser
 
 
@@ -137,7 +143,8 @@ def _reconstruct(args):
     from ctbayes.results import default_output, write_result
 
     scan = read_scan(args.scan)
-    output = prepare_output_file(args.output or default_output(args.scan), "result file")
+    output = prepare_output_file(args.output or default_output(args.scan), "result file",
+                                 inputs=[args.scan])
     if args.figures:
         prepare_output_directory(args.figures)
     dip = DIPConfig(iterations=args.iterations, lr=args.lr, channels=args.channels,
@@ -157,9 +164,12 @@ def _reconstruct(args):
                                    edge_std=args.edge_std)
                                if args.method == "dip" else UncertaintyConfig(
                                    method="none", ensemble=args.ensemble))
-    checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
-    result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
-                         progress=not args.no_progress)
+    checkpoint = checkpoint_path(output)
+    try:
+        result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
+                             progress=not args.no_progress)
+    except InputError as err:
+        raise naming(err, args.scan) from None
     write_result(result, output, scan_path=args.scan)
     for path in member_checkpoints(checkpoint, config.uncertainty.ensemble):
         path.unlink(missing_ok=True)  # the result is safe: the checkpoints have done their job
@@ -196,10 +206,14 @@ def _import(args):
     from ctbayes.io.importers import import_scan
 
     options = {k: getattr(args, k) for k in ("every", "angle_range", "binning", "image_size", "row", "center")}
-    prepare_output_file(args.output, "scan file")
+    prepare_output_file(args.output, "scan file", inputs=[args.source])
     scan = import_scan(args.source, **{k: v for k, v in options.items() if v is not None})
     write_scan(scan, args.output)
     print(f"wrote {args.output}: {scan.geometry.describe()}")
+    if "rotation_center" in scan.provenance:
+        print(f"rotation centre: detector column {scan.provenance['rotation_center']:.2f} of "
+              f"{args.source} ({scan.provenance['rotation_center_source']}), moved to the "
+              "detector centre; stored as /entry/ctbayes/provenance attribute rotation_center")
 
 
 def _simulate(args):
@@ -210,6 +224,8 @@ def _simulate(args):
     if args.size < 8:
         raise InputError(f"--size must be at least 8 pixels, got {args.size}.")
     arc = args.arc if args.arc is not None else (180.0 if args.beam == "parallel" else 360.0)
+    if args.views > 1 and not arc >= MIN_ARC_DEGREES:  # the scan reader refuses smaller arcs
+        raise InputError(f"--arc must be at least {MIN_ARC_DEGREES:g} degrees, got {arc:g}.")
     geometry = default_geometry(args.size, beam=args.beam, views=args.views, arc_degrees=arc,
                                 det_count=args.det_count)
     if not 1 <= args.render <= 16:
@@ -278,6 +294,31 @@ def _enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _resume_hint(args) -> str:
+    """How to continue an interrupted run, where it left a checkpoint to continue from."""
+    if args.command == "reconstruct":
+        from ctbayes.reconstruct import member_checkpoints
+        from ctbayes.results import default_output
+
+        output = args.output or default_output(args.scan)
+        saved = [p for p in member_checkpoints(checkpoint_path(output), args.ensemble) if p.exists()]
+    elif args.command == "design":
+        saved = [args.output] if args.output.exists() else []
+    else:
+        return ""
+    return (f"; run the same command with --resume to continue from {saved[0]}" if saved else "")
+
+
+def _warning_printer(show_other):
+    """Print a DataWarning as one line `ctbayes: warning: ...`; others as before."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"ctbayes: warning: {message}", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+    return show
+
+
 def _out_of_memory(detail: str) -> int:
     print(f"ctbayes: error: not enough memory ({detail}); try a smaller image, network or "
           "sample count.", file=sys.stderr)
@@ -289,12 +330,15 @@ def main(argv=None) -> int:
     if argv is None:  # a real command line (tests call main with a list and keep no cache)
         _enable_compile_cache()
     try:
-        COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            COMMANDS[args.command](args)
     except InputError as err:
         print(f"ctbayes: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ctbayes: interrupted.", file=sys.stderr)
+        print(f"ctbayes: interrupted{_resume_hint(args)}.", file=sys.stderr)
         return 130
     except MemoryError as err:
         return _out_of_memory(str(err))
@@ -309,6 +353,8 @@ def main(argv=None) -> int:
         print(f"ctbayes: internal error: {type(err).__name__}: {err} (rerun with --debug for details).",
               file=sys.stderr)
         return 1
+    finally:
+        lock.release_all()
     return 0
 
 

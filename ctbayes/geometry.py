@@ -56,8 +56,9 @@ class Geometry:
             raise InputError("The geometry has no projection angles.")
         if not all(math.isfinite(a) for a in self.angles):
             raise InputError("The projection angles contain NaN or infinite values.")
-        if int(self.det_count) < 1:
-            raise InputError(f"The detector needs at least one pixel, got {self.det_count}.")
+        if int(self.det_count) < 2:
+            raise InputError(f"The detector needs at least 2 pixels for a reconstruction, got "
+                             f"{self.det_count}.")
         dims = 3 if self.is_3d else 2
         if len(self.image_shape) != dims or min(self.image_shape) < 1:
             raise InputError(

@@ -18,6 +18,7 @@ import numpy as np
 from ctbayes import __version__
 from ctbayes.errors import InputError
 from ctbayes.io.atomic import atomic_path
+from ctbayes.io.inputs import check_input_file
 
 
 @dataclasses.dataclass
@@ -51,6 +52,12 @@ def _attr_value(value):
 def write_result(result: Reconstruction, path, scan_path=None) -> Path:
     """Write a result file atomically."""
     path = Path(path)
+    for name, array in (("image", result.mean), ("std map", result.std)):
+        if array is not None and not np.all(np.isfinite(array)):
+            scan = f"{scan_path}: " if scan_path is not None else ""
+            raise InputError(f"{scan}the {result.method} reconstruction's {name} contains NaN or "
+                             f"infinite values, so {path} was not written; check the scan's "
+                             "values and geometry.")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         group = f.create_group("reconstruction")
         group.create_dataset("mean", data=np.asarray(result.mean, np.float32))
@@ -96,9 +103,7 @@ def recorded_scan_path(path) -> Path | None:
 def read_result(path) -> Reconstruction:
     """Read a result file written by `write_result`; a file that is not one raises
     InputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such result file.")
+    path = check_input_file(path, "a ctbayes result file", missing="no such result file")
     if path.stat().st_size == 0 or not h5py.is_hdf5(path):
         raise InputError(f"{path}: not an HDF5 file (expected a ctbayes result file).")
     try:
@@ -118,5 +123,7 @@ def read_result(path) -> Reconstruction:
                 hyperparameters={k[6:]: float(v) for k, v in attrs.items()
                                  if k.startswith("hyper_")},
             )
+    except InputError:
+        raise
     except (OSError, KeyError, RuntimeError, ValueError) as err:
         raise InputError(f"{path}: the result file is truncated or corrupt ({err}).") from None

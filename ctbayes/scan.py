@@ -10,6 +10,8 @@ import numpy as np
 from ctbayes.errors import InputError
 from ctbayes.geometry import Geometry
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
@@ -20,6 +22,8 @@ class Scan:
     references: named reference images that are not the truth (e.g. a publisher's FBP or
     segmentation), each on the geometry's image grid.
     source: where the scan came from, used in error messages.
+    provenance: how the scan was made, as attributes of numbers and strings (e.g. the
+    rotation centre of an import), stored with it in the scan file.
     """
 
     sinogram: np.ndarray
@@ -28,6 +32,7 @@ class Scan:
     noise_std: float | None = None
     references: dict = dataclasses.field(default_factory=dict)
     source: str = "<memory>"
+    provenance: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         sino = np.asarray(self.sinogram, dtype=np.float32)
@@ -43,6 +48,12 @@ class Scan:
             )
         if not np.all(np.isfinite(sino)):
             raise InputError(f"{where}the sinogram contains NaN or infinite values.")
+        largest = float(np.max(np.abs(sino)))
+        if largest * largest * sino.size > FLOAT32_MAX:
+            raise InputError(
+                f"{where}the sinogram's values (up to {largest:.3g}) are too large for float32 "
+                f"arithmetic: their sum of squares would overflow; rescale the data (line "
+                f"integrals are usually below 100).")
         if self.ground_truth is not None:
             gt = np.asarray(self.ground_truth, dtype=np.float32)
             if gt.shape != self.geometry.image_shape:

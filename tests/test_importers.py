@@ -309,7 +309,7 @@ def test_mat_without_ct_data_is_rejected(tmp_path):
 
 def test_mat_with_missing_parameter_is_rejected(tmp_path):
     path = tmp_path / "partial.mat"
-    params = {"angles": np.arange(4.0), "numDetectorsPost": 5}
+    params = {"angles": np.arange(4.0) * 45, "numDetectorsPost": 5}
     scipy.io.savemat(path, {"CtDataFull": {"sinogram": np.ones((4, 5)), "parameters": params}})
     with pytest.raises(InputError, match="partial.mat.*distanceSourceOrigin"):
         import_htc2022(path)

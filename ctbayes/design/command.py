@@ -68,7 +68,7 @@ def run(args) -> int:
     scan = read_scan(args.scan)
     if scan.geometry.is_3d:
         raise InputError(f"{args.scan}: angle design supports 2D scans only.")
-    prepare_output_file(args.output, "design log")
+    prepare_output_file(args.output, "design log", inputs=[args.scan])
     if args.figures:
         prepare_output_directory(args.figures)
     noise = scan.noise_std ** 2 if scan.noise_std else None

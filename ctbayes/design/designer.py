@@ -324,6 +324,27 @@ class AngleDesigner:
                 state[f"{name}/image"] = np.asarray(f.image)
         return state
 
+    def replay(self, steps, sinogram) -> None:
+        """After `restore`: rebuild the posterior through the measured sets of the recorded
+        steps (`steps`: the views measured at each, `sinogram`: the dense scan's data), as
+        the interrupted run built it. A posterior updated step by step (the GP's rank
+        updates, `with_data`) is then bit-identical to that of an uninterrupted run; one
+        rebuilt from scratch at every step needs no replay."""
+        if not self.order or not hasattr(self.posterior, "with_data"):
+            return
+        order, values = list(self.order), self.values.copy()
+        try:
+            for views in steps[:-1]:
+                views = np.asarray(views, int)
+                self.values[:] = 0
+                self.values[views] = np.asarray(sinogram, np.float32)[views]
+                self.order = [int(v) for v in views]
+                self._posterior = None
+                self.posterior  # noqa: B018 - built for its side effect on the update chain
+        finally:
+            self.order, self.values = order, values
+            self._posterior = None
+
     def restore(self, state: dict) -> None:
         """Continue from `state()` of a designer with the same settings and candidates."""
         self.values = np.asarray(state["values"], np.float32).copy()

@@ -45,7 +45,9 @@ class LoopConfig:
     per_step: int = 1
     designer: DesignerConfig = DesignerConfig()
 
-    def check(self, num_candidates: int) -> None:
+    def check(self, num_candidates: int, source: str = "<memory>") -> None:
+        """InputError unless the settings fit a scan of `num_candidates` views (`source`: the
+        scan's file, named in the message)."""
         for name in ("initial", "per_step"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -54,7 +56,8 @@ class LoopConfig:
                 or self.acquire < 0:
             raise InputError(f"The number of views to acquire must be >= 0, got {self.acquire!r}.")
         if self.initial + self.acquire > num_candidates:
-            raise InputError(f"The scan has {num_candidates} views, fewer than initial "
+            scan = "The scan" if source == "<memory>" else f"The scan {source}"
+            raise InputError(f"{scan} has {num_candidates} views, fewer than initial "
                              f"({self.initial}) + acquire ({self.acquire}).")
 
     def to_json(self) -> str:
@@ -184,7 +187,7 @@ def run_design(scan, config: LoopConfig = LoopConfig(), log=None, *, resume: boo
       checkpoint of the last completed step stays valid for resume).
     """
     num_views = scan.geometry.num_views
-    config.check(num_views)
+    config.check(num_views, scan.source)
     strategy = config.designer.acquisition
     reference = scan.ground_truth if reference is None else np.asarray(reference, np.float32)
     log = Path(log) if log is not None else None
@@ -206,6 +209,7 @@ def run_design(scan, config: LoopConfig = LoopConfig(), log=None, *, resume: boo
                 run = _read_run(f, strategy)
         if run is not None:
             designer.restore(state)
+            designer.replay(run.views, scan.sinogram)
 
     def record(new, t0, before):
         image = designer.reconstruction()

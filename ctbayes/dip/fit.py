@@ -233,7 +233,10 @@ def image_scale(A, y) -> float:
     """The mean value c of the best constant image: <A1, y> / ||A1||^2 (its magnitude)."""
     a1 = A(jnp.ones(A.domain_shape, jnp.float32))
     c = abs(float(jnp.vdot(a1, y) / jnp.vdot(a1, a1)))
-    if not np.isfinite(c) or c == 0:
+    if not np.isfinite(c):
+        raise InputError("The sinogram's values are too large for float32 arithmetic: its best "
+                         "constant-image fit overflows; rescale the data.")
+    if c == 0:
         raise InputError("The sinogram carries no signal: its best constant-image fit is zero.")
     return c
 
@@ -367,9 +370,11 @@ def fit_dip(A, y, config: DIPConfig = DIPConfig(), *, initial_image=None, ground
     fingerprint = data_fingerprint(A.geometry, y, initial_image if config.warm_start else None)
     carry = _initial_carry(params)
     iteration, history, psnr_rows = 0, np.zeros((0, 2), np.float32), []
+    resumed_fit_seconds = 0.0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         carry, iteration, history, psnr_rows, timings["fit"] = load_checkpoint(
             checkpoint, carry, config, fingerprint, config.iterations)
+        resumed_fit_seconds = timings["fit"]
     elif config.warm_start and config.warm_start_iterations > 0:
         t0 = time.perf_counter()
         target = jnp.asarray(_initial_image(A, y, initial_image), jnp.float32)
@@ -431,7 +436,8 @@ def fit_dip(A, y, config: DIPConfig = DIPConfig(), *, initial_image=None, ground
         candidates["best"], evaluated["best"], losses["best"] = \
             candidates["last"], evaluated["last"], losses["last"]
     images = {k: np.asarray(v[1]) for k, v in evaluated.items()}
-    timings["total"] = time.perf_counter() - t_start
+    # a resumed fit's "fit" includes the iterations before the interruption: so does "total"
+    timings["total"] = time.perf_counter() - t_start + resumed_fit_seconds
     timings["iterations_per_second"] = \
         len(history) / timings["fit"] if timings["fit"] else float("nan")
     return DIPResult(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,7 +18,8 @@ from scipy import ndimage
 
 from ctbayes.errors import InputError
 from ctbayes.geometry import Geometry
-from ctbayes.io.hdf5 import line_integrals
+from ctbayes.io.hdf5 import line_integrals, lookup
+from ctbayes.io.inputs import check_angles_degrees, check_input_file
 from ctbayes.io.reduce import bin_detector, regrid, subsample_views
 from ctbayes.scan import Scan
 
@@ -157,10 +157,8 @@ def import_dxchange(path, *, row: int | None = None, center: float | None = None
     image_size pixels across the detector's width (default: the binned detector count, i.e.
     pixel size = detector spacing).
     """
-    path = Path(path)
+    path = check_input_file(path, "a Data Exchange HDF5 file")
     where = str(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file.")
     if not h5py.is_hdf5(path):
         raise InputError(f"{path}: not an HDF5 file; expected a Data Exchange HDF5 file.")
     try:
@@ -170,8 +168,9 @@ def import_dxchange(path, *, row: int | None = None, center: float | None = None
         raise
     except (OSError, KeyError, RuntimeError) as err:
         raise InputError(f"{path}: the HDF5 file is truncated or corrupt ({err}).") from None
-    sinogram = line_integrals(counts, flat, dark)
+    sinogram = line_integrals(counts, flat, dark, where)
     det_count = sinogram.shape[1]
+    estimated = center is None
     if center is None:
         try:
             center = estimate_rotation_center(sinogram, np.radians(theta))
@@ -190,7 +189,10 @@ def import_dxchange(path, *, row: int | None = None, center: float | None = None
         center = value
     geometry = Geometry(beam="parallel", angles=np.radians(theta), det_count=det_count,
                         image_shape=(det_count, det_count))
-    scan = Scan(sinogram=center_sinogram(sinogram, center), geometry=geometry, source=where)
+    scan = Scan(sinogram=center_sinogram(sinogram, center), geometry=geometry, source=where,
+                provenance={"rotation_center": float(center),
+                            "rotation_center_source": "estimated" if estimated else "given",
+                            "rotation_center_unit": "detector column of the source file, 0-based"})
     scan = bin_detector(subsample_views(scan, every=every, angle_range=angle_range), binning)
     if image_size is None:
         binned = scan.geometry
@@ -200,11 +202,11 @@ def import_dxchange(path, *, row: int | None = None, center: float | None = None
 
 
 def _dataset(f, name: str, where: str, ndim: int, required: bool = True):
-    if name not in f:
+    obj = lookup(f, name, where)
+    if obj is None:
         if required:
             raise InputError(f"{where}: missing dataset /{name}; expected a Data Exchange file.")
         return None
-    obj = f[name]
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "fiu" or obj.ndim != ndim:
         shape = getattr(obj, "shape", "a group")
         raise InputError(
@@ -223,6 +225,9 @@ def _read_row(f, row, where):
     views, rows, cols = data.shape
     if views == 0 or rows == 0 or cols == 0:
         raise InputError(f"{where}: /{DATA} has shape {data.shape}, expected no empty axis.")
+    if cols < 2:
+        raise InputError(f"{where}: /{DATA} has shape {data.shape}: {cols} detector column, but "
+                         "a reconstruction needs at least 2.")
     for name, frames in ((WHITE, white), (DARK, dark)):
         if frames is not None and (frames.shape[0] == 0 or frames.shape[1:] != (rows, cols)):
             raise InputError(
@@ -238,7 +243,7 @@ def _read_row(f, row, where):
     counts = np.asarray(data[:, row, :], dtype=np.float64)
     flat = np.asarray(white[:, row, :], dtype=np.float64).mean(axis=0)
     dark_mean = np.zeros(cols) if dark is None else np.asarray(dark[:, row, :], np.float64).mean(axis=0)
-    for name, values in ((DATA, counts), (WHITE, flat), (DARK, dark_mean), (THETA, theta)):
+    for name, values in ((DATA, counts), (WHITE, flat), (DARK, dark_mean)):
         if not np.all(np.isfinite(values)):
             raise InputError(f"{where}: /{name} contains NaN or infinite values.")
-    return counts, flat, dark_mean, theta
+    return counts, flat, dark_mean, check_angles_degrees(theta, where, f"/{THETA}")

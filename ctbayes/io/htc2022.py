@@ -18,6 +18,7 @@ import scipy.io
 
 from ctbayes.errors import InputError
 from ctbayes.geometry import Geometry
+from ctbayes.io.inputs import check_angles_degrees, check_input_file
 from ctbayes.io.reduce import bin_detector, regrid, subsample_views
 from ctbayes.scan import Scan
 
@@ -46,7 +47,8 @@ def import_htc2022(path, *, every: int = 1, angle_range=None, binning: int = 1,
     where = f"{name}.parameters"
     if not hasattr(params, "_fieldnames"):
         raise InputError(f"{path}: {where} is not a struct; expected the HTC2022 scan parameters.")
-    angles_deg = np.ravel(_number(params, "angles", path, where, array=True))
+    angles_deg = check_angles_degrees(_number(params, "angles", path, where, array=True),
+                                      str(path), f"{where}.angles")
     sinogram = np.asarray(sinogram)
     if sinogram.ndim != 2 or sinogram.dtype.kind not in "fiu":
         raise InputError(
@@ -106,10 +108,7 @@ def _reference_noise(sinogram, geometry: Geometry, reference) -> np.ndarray:
 
 def _load(path: Path, expected: str) -> dict:
     """scipy.io.loadmat with every failure turned into one InputError sentence."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file.")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected {expected}.")
+    check_input_file(path, expected)
     try:
         return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
     except NotImplementedError:  # MATLAB v7.3 files are HDF5

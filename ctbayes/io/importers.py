@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ctbayes.errors import InputError
 from ctbayes.io.dxchange import import_dxchange
 from ctbayes.io.formats import DXCHANGE, HTC2022_MAT, NXTOMO, scan_format
 from ctbayes.io.hdf5 import read_scan
+from ctbayes.io.inputs import check_input_file
 from ctbayes.io.htc2022 import import_htc2022
 from ctbayes.io.reduce import bin_detector, regrid, subsample_views
 from ctbayes.scan import Scan
@@ -28,11 +27,7 @@ def import_scan(src, **options) -> Scan:
     binning, image_size for all formats; row and center for Data Exchange. An option given
     as None counts as not given; one the format does not take raises InputError.
     """
-    path = Path(src)
-    if not path.exists():
-        raise InputError(f"{path}: no such file.")
-    if not path.is_file():
-        raise InputError(f"{path}: is not a file; expected a scan file.")
+    path = check_input_file(src, "a scan file")
     kind = scan_format(path)
     given = {name: value for name, value in options.items() if value is not None}
     unknown = sorted(set(options) - set(REDUCE_OPTIONS + ("row", "center")))

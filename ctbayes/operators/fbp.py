@@ -31,6 +31,11 @@ def fbp_operator(geometry: Geometry, filter: str = "Ram-Lak", frequency_scaling:
     if not 0 < frequency_scaling <= 1:
         raise InputError(f"The FBP frequency scaling must lie in (0, 1], got {frequency_scaling}.")
     impl = "astra_cuda" if cuda_available() else "astra_cpu"
+    angles = geometry.angles_array
+    if len(np.unique(angles)) < len(angles):
+        raise InputError(f"FBP needs distinct projection angles, but {len(angles)} views have "
+                         f"only {len(np.unique(angles))} different angles; use --method dip "
+                         "or drop the repeated views.")
     odl_geometry = geometry.odl_geometry()
     ray = tomo.RayTransform(geometry.odl_space(), odl_geometry, impl=impl)
     if odl_geometry.motion_partition.is_uniform:

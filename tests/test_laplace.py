@@ -23,7 +23,7 @@ import scipy.linalg
 from flax import nnx
 
 from ctbayes.errors import InputError
-from ctbayes.calibration import edge_strength
+from ctbayes.metrics import edge_strength
 from ctbayes.laplace import (LaplaceConfig, edges, em, exact, fit_laplace, linearise, matern,
                              priors, sampling, solvers)
 from ctbayes.laplace.sampling import Hyper, SolverOptions

@@ -58,6 +58,7 @@ class LoopConfig:
                              f"({self.initial}) + acquire ({self.acquire}).")
 
     def to_json(self) -> str:
+        """The settings as JSON, the designer's and its posterior's nested."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
 
 
@@ -174,12 +175,11 @@ def _read_run(f, name) -> DesignRun:
 
 # -- the loop -----------------------------------------------------------------------------------
 def run_design(scan, config: LoopConfig = LoopConfig(), log=None, *, resume: bool = False,
-               posterior_factory=None, reference=None, callback=None,
+               reference=None, callback=None,
                progress: bool = False) -> DesignRun:
     """Run one strategy (config.designer.acquisition) on a dense scan; see the module docstring.
 
     reference: image for PSNR/SSIM (default: the scan's ground truth; none: NaN).
-    posterior_factory: (fit, A, y) -> ImagePosterior (default: linearised Laplace).
     callback: called with the DesignRun after every step (an exception stops the run; the
       checkpoint of the last completed step stays valid for resume).
     """
@@ -189,8 +189,7 @@ def run_design(scan, config: LoopConfig = LoopConfig(), log=None, *, resume: boo
     reference = scan.ground_truth if reference is None else np.asarray(reference, np.float32)
     log = Path(log) if log is not None else None
     fingerprint = scan_fingerprint(scan)
-    designer = AngleDesigner(scan.geometry, config=config.designer,
-                             posterior_factory=posterior_factory)
+    designer = AngleDesigner(scan.geometry, config=config.designer)
     cfg = json.loads(config.to_json())
     run = None
     if resume and log is not None and log.exists():

@@ -22,9 +22,8 @@ fixed per-parameter factor c_i. Four kinds:
 - "matern": one group, c_i = 1, over the white coordinates of the Matern-1/2 prior on the
   taps of conv filters (`matern`): the caller (`fit_laplace`) linearises the network in
   those coordinates, where the prior is diagonal. One shared variance, as for "isotropic":
-  with one variance per layer the EM on the shipped 64x64 Shepp-Logan U-Net spread the
-  variances over 1e-9 to 0.3, CG stopped converging and the noise variance went to 13.7
-  (simulated: 0.076).
+  with one variance per layer the EM can drive small groups' variances towards zero, which
+  stalls CG and inflates the noise variance.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from ctbayes.errors import InputError
-from ctbayes.posterior import sample_moments
+from ctbayes.posteriors.base import PosteriorBase, sample_moments
 from ctbayes.score_vi.families import DiagonalGaussian
 from ctbayes.score_vi.proximal import ProximalConfig, proximal_score_matching
 from ctbayes.score_vi.runner import run_method
@@ -73,6 +73,7 @@ class ScoreVIConfig:
         self.proximal()  # validates the rest
 
     def proximal(self) -> ProximalConfig:
+        """The proximal score-matching settings of this config."""
         return ProximalConfig(steps=self.steps, prox=self.prox, samples=self.samples,
                               inner_steps=self.inner_steps, lr=self.lr, init_std=self.init_std)
 
@@ -135,11 +136,11 @@ class ViewGroups:
         return self.A(x).reshape(-1)[self.row_index[g]] * self.mask[g]
 
 
-class ScoreVIImagePosterior:
+class ScoreVIImagePosterior(PosteriorBase):
     """Images f_theta(z) for theta ~ q: the score-VI posterior of a DIP behind the posterior
     interface. `run` is the VI run (curve, timings); `params` the family's parameters."""
 
-    mean_is_sample_average = True  # mean() is the MC average (`ctbayes.posterior`)
+    mean_is_sample_average = True  # mean() is the MC average of moment_samples draws
 
     def __init__(self, render, family, params, to_theta, config: ScoreVIConfig, seed: int, run=None):
         self._render, self.family, self.params = render, family, params
@@ -155,6 +156,7 @@ class ScoreVIImagePosterior:
         return out.reshape((-1,) + out.shape[2:])[: u.shape[0] - pad]
 
     def sample(self, key, n: int) -> jax.Array:
+        """Images of n weight draws from q (n, H, W)."""
         if n < 1:
             raise InputError(f"The number of samples must be at least 1, got {n}.")
         return self._images(self.family.sample(self.params, key, n))
@@ -166,12 +168,15 @@ class ScoreVIImagePosterior:
         return self._moments
 
     def mean(self) -> jax.Array:
+        """The Monte Carlo mean of config.moment_samples draws (H, W)."""
         return self._moments_now()[0]
 
     def std(self) -> jax.Array:
+        """The Monte Carlo per-pixel std of those draws (H, W)."""
         return self._moments_now()[1]
 
     def predictive_samples(self, key, n: int, A_candidate) -> jax.Array:
+        """A_candidate applied to n image draws."""
         if tuple(A_candidate.domain_shape) != tuple(self.mean().shape):
             raise InputError(f"The candidate ray transform works on images of shape "
                              f"{tuple(A_candidate.domain_shape)}, not {tuple(self.mean().shape)}.")
@@ -249,3 +254,11 @@ class _GroupTarget(Target):
         groups, so the full score is their mean."""
         grad = jax.grad(self.log_density)
         return sum(grad(theta, g, None) for g in range(self.groups)) / self.groups
+
+
+def build(fit, A, y, config: ScoreVIConfig, *, samples: int, seed: int,
+          noise_variance: float | None = None) -> ScoreVIImagePosterior:
+    """The registry's builder (`ctbayes.posteriors.registry`): `score_vi_posterior` with
+    `samples` draws behind mean() and std()."""
+    chosen = dataclasses.replace(config, moment_samples=samples)
+    return score_vi_posterior(fit, A, y, config=chosen, seed=seed)

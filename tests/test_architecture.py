@@ -195,9 +195,10 @@ def _public_members(module):
             for attr, member in vars(value).items():
                 if attr.startswith("_"):
                     continue
-                function = member.fget if isinstance(member, property) else member
-                if inspect.isfunction(function) and not getattr(value, "_fields", None):
-                    yield f"{name}.{attr}", function
+                if isinstance(member, property):
+                    yield f"{name}.{attr}", member
+                elif inspect.isfunction(member) and not getattr(value, "_fields", None):
+                    yield f"{name}.{attr}", getattr(value, attr)  # docs inherited count
 
 
 @pytest.mark.parametrize("package", DOCUMENTED)

@@ -136,16 +136,19 @@ class AngleDesigner:
     # -- what is known ---------------------------------------------------------------------------
     @property
     def candidate_angles(self) -> np.ndarray:
+        """The candidate angles (radians)."""
         return self.geometry.angles_array
 
     @property
     def measured(self) -> np.ndarray:
+        """A mask over the candidates: True where measured."""
         mask = np.zeros(self.geometry.num_views, bool)
         mask[self.order] = True
         return mask
 
     @property
     def measured_angles(self) -> np.ndarray:
+        """The measured angles (radians), in the order measured."""
         return self.candidate_angles[self.order]
 
     def operator(self):
@@ -188,6 +191,7 @@ class AngleDesigner:
         self.observe_views(self.views_of(angles), measurements)
 
     def observe_views(self, views, measurements) -> None:
+        """Record what candidate views `views` measured, (k, detector...), and update."""
         views = np.atleast_1d(np.asarray(views, int))
         values = np.asarray(measurements, np.float32).reshape((len(views),) + self.values.shape[1:])
         if len(set(views.tolist())) != len(views) or self.measured[views].any():
@@ -264,6 +268,7 @@ class AngleDesigner:
         return np.asarray(self.posterior.mean(), np.float32)
 
     def noise_variance(self) -> float:
+        """The noise variance for the scores: the posterior's, the configured one, or the residual's."""
         s2 = self.posterior.noise_variance
         if s2 is None:
             s2 = self.config.noise_variance

@@ -46,6 +46,7 @@ class LoopConfig:
     designer: DesignerConfig = DesignerConfig()
 
     def check(self, num_candidates: int) -> None:
+        """InputError unless the counts are valid for `num_candidates` candidate views."""
         for name in ("initial", "per_step"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -91,6 +92,7 @@ class DesignRun:
 
 
 def scan_fingerprint(scan) -> str:
+    """A hash of the scan's geometry and data: a log resumes only on the same scan."""
     return data_fingerprint(scan.geometry, scan.sinogram)[:32]
 
 

@@ -107,6 +107,7 @@ class LaplaceConfig:
 
     @property
     def solver_options(self) -> SolverOptions:
+        """The solver settings as `SolverOptions`."""
         return SolverOptions("sgd" if self.solver == "sgd" else "cg", self.cg_tol,
                              self.cg_max_iter, self.precond_rank, self.sgd_iterations,
                              self.sample_batch)
@@ -181,10 +182,12 @@ class LinearisedLaplace:
     # -- hyperparameters -------------------------------------------------------------------
     @property
     def prior_variances(self) -> dict[str, float]:
+        """The learned prior variance per group."""
         return dict(zip(self.model.prior.names, np.asarray(self.hyper.prior_variances).tolist()))
 
     @property
     def noise_variance(self) -> float:
+        """The learned sinogram noise variance."""
         return float(self.hyper.noise_variance)
 
     @property

@@ -85,6 +85,7 @@ class PriorGroups:
     scale: jax.Array  # (d,) c_i > 0
 
     def tree_flatten(self):
+        """The pytree children and static data (JAX pytree protocol)."""
         return (self.index, self.scale), (self.kind, self.names)
 
     @classmethod
@@ -93,13 +94,16 @@ class PriorGroups:
 
     @property
     def num_groups(self) -> int:
+        """The number of groups."""
         return len(self.names)
 
     @property
     def num_params(self) -> int:
+        """The number of parameters."""
         return int(self.index.shape[0])
 
     def sizes(self) -> np.ndarray:
+        """The number of parameters per group."""
         return np.bincount(np.asarray(self.index), minlength=self.num_groups)
 
     def variances(self, group_variances) -> jax.Array:
@@ -113,6 +117,7 @@ class PriorGroups:
         return jnp.moveaxis(out, 0, -1)
 
     def describe(self) -> str:
+        """A one-line description: kind and groups."""
         return f"{self.kind} prior, {self.num_groups} group(s), {self.num_params} parameters"
 
 

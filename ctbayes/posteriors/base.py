@@ -52,19 +52,26 @@ class ImagePosterior(Protocol):
     std_is_exact: bool
     noise_variance: float | None
 
-    def mean(self) -> jax.Array: ...
+    def mean(self) -> jax.Array:
+        """The point estimate (H, W)."""
 
-    def sample(self, key: jax.Array, n: int) -> jax.Array: ...
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n image samples (n, H, W)."""
 
-    def std(self) -> jax.Array: ...
+    def std(self) -> jax.Array:
+        """Per-pixel standard deviation (H, W)."""
 
-    def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array: ...
+    def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
+        """n samples of the noise-free measurements A_candidate x."""
 
-    def hyperparameters(self) -> dict: ...
+    def hyperparameters(self) -> dict:
+        """What the method learned, as a flat dict of floats."""
 
-    def diagnostics(self) -> Diagnostics: ...
+    def diagnostics(self) -> Diagnostics:
+        """Timings, precision and EM cycles of the fit."""
 
-    def with_data(self, A, y, params=None) -> "ImagePosterior | None": ...
+    def with_data(self, A, y, params=None) -> "ImagePosterior | None":
+        """The posterior for other data y = A x, or None (no cheap update)."""
 
 
 class PosteriorBase:

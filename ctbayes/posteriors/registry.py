@@ -28,10 +28,12 @@ class Method(enum.StrEnum):
 
 
 def _no_check(config, A, y, num_params: int) -> None:
+    """Nothing to refuse before the fit."""
     return None
 
 
 def _same_network(config, dip):
+    """The DIP settings as they are."""
     return dip
 
 

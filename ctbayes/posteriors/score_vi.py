@@ -129,6 +129,7 @@ class ViewGroups:
         return jnp.asarray(vals), jnp.asarray(rows), jnp.asarray(cols)
 
     def project(self, x, g):
+        """(A x) on the views of group g, padded to `rows` rows."""
         if self.sparse is not None:
             vals, rows, cols = self.sparse
             contrib = vals[g] * x.reshape(-1)[cols[g]]

@@ -21,12 +21,13 @@ scans' truths (`fit_scale_and_edge`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from ctbayes.errors import InputError
-from ctbayes.metrics import edge_strength
+from ctbayes.metrics import edge_strength, z_rms
 from ctbayes.scoring import reference_variance, scoring_target
 
 Z_RMS_KEYS = ("z_rms", "z_rms_vs_reference_fbp")
@@ -170,3 +171,45 @@ def fit_scale_and_edge(scans, edge: bool = True) -> tuple[float, float]:
         return pooled, 0.0
     scale, edge_std = np.exp(best.x)
     return float(scale), float(edge_std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The outcome of `calibrate`.
+
+    std_scale, edge_std: the calibration (edge_std 0 where there was no per-pixel truth).
+    z_rms: each result's rms z-score before any calibration it was written with.
+    flags: the `reconstruct` flags of the posterior the calibration belongs to.
+    with_edge: whether every result had a per-pixel truth (its scan's ground truth or
+      reference FBP), so the edge term was fitted. reference_noise: whether a reference's
+      own noise was allowed for.
+    """
+
+    std_scale: float
+    edge_std: float
+    z_rms: tuple[float, ...]
+    flags: str
+    with_edge: bool
+    reference_noise: bool
+
+
+def calibrate(results, scans, names=None) -> Calibration:
+    """The std scale (and, where every result has a per-pixel truth, the edge std) that
+    calibrates the posterior of `results` (`Reconstruction`s of one posterior kind).
+
+    scans: each result's `Scan` (None where its scan file is not at hand); a scan with a
+    ground truth or a reference FBP gives the truth per pixel. names: for messages.
+    """
+    names = [f"result {k + 1}" for k in range(len(results))] if names is None else list(names)
+    flags = common_posterior_flags(results, names)
+    targets = [calibration_target(result, scan) if scan is not None else None
+               for result, scan in zip(results, scans)]
+    if targets and all(target is not None for target in targets):
+        values = tuple(z_rms(truth[inside], mean[inside], std[inside])
+                       for truth, mean, std, mask, _ in targets
+                       for inside in [(slice(None),) if mask is None else mask])
+        scale, edge = fit_scale_and_edge(targets)
+        noisy = any(target[4] is not None for target in targets)
+        return Calibration(scale, edge, values, flags, True, noisy)
+    values = tuple(unscaled_z_rms(result, name) for name, result in zip(names, results))
+    return Calibration(std_scale(values), 0.0, values, flags, False, False)

@@ -41,7 +41,8 @@ SIMULATE_OPTIONS = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `ctbayes` argument parser, every subcommand with its flags."""
     parser = argparse.ArgumentParser(prog="ctbayes", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ctbayes {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -154,33 +155,25 @@ def _simulate(args):
 
 
 def _calibrate(args):
-    from ctbayes.calibration import (calibration_target, common_posterior_flags,
-                                     fit_scale_and_edge, std_scale, unscaled_z_rms)
+    from ctbayes.calibration import calibrate
     from ctbayes.io.hdf5 import read_scan
-    from ctbayes.metrics import z_rms
     from ctbayes.results import read_result, recorded_scan_path
 
     results = [read_result(path) for path in args.results]
-    flags = common_posterior_flags(results, [str(path) for path in args.results])
     scans = [recorded_scan_path(path) for path in args.results]
-    targets = [calibration_target(result, read_scan(scan)) if scan else None
-               for result, scan in zip(results, scans)]
-    if all(target is not None for target in targets):  # the truth per pixel: scale and edges
-        for path, (truth, mean, std, mask, _) in zip(args.results, targets):
-            inside = (slice(None),) if mask is None else mask
-            print(f"{path}: z_rms {z_rms(truth[inside], mean[inside], std[inside]):.4g} (unscaled)")
-        scale, edge = fit_scale_and_edge(targets)
-        if any(target[4] is not None for target in targets):
-            print("(allowing for the reference FBP's own noise, drawn when it was imported)")
-        print(f"std scale {scale:.4g}, edge std {edge:.4g} px: use ctbayes reconstruct SCAN "
-              f"{flags} --std-scale {scale:.4g} --edge-std {edge:.4g}")
-        return
-    values = [unscaled_z_rms(result, str(path)) for path, result in zip(args.results, results)]
-    for path, value in zip(args.results, values):
+    found = calibrate(results, [read_scan(scan) if scan else None for scan in scans],
+                      [str(path) for path in args.results])
+    for path, value in zip(args.results, found.z_rms):
         print(f"{path}: z_rms {value:.4g} (unscaled)")
-    print("(a scan file was not found or has no truth or reference FBP: no edge term)")
-    scale = std_scale(values)
-    print(f"std scale {scale:.4g}: use ctbayes reconstruct SCAN {flags} --std-scale {scale:.4g}")
+    use = f"use ctbayes reconstruct SCAN {found.flags} --std-scale {found.std_scale:.4g}"
+    if found.with_edge:
+        if found.reference_noise:
+            print("(allowing for the reference FBP's own noise, drawn when it was imported)")
+        print(f"std scale {found.std_scale:.4g}, edge std {found.edge_std:.4g} px: "
+              f"{use} --edge-std {found.edge_std:.4g}")
+    else:
+        print("(a scan file was not found or has no truth or reference FBP: no edge term)")
+        print(f"std scale {found.std_scale:.4g}: {use}")
 
 
 def _design(args):
@@ -216,7 +209,7 @@ def _out_of_memory(detail: str) -> int:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if argv is None:  # a real command line (tests call main with a list and keep no cache)
         _enable_compile_cache()
     try:

@@ -23,10 +23,10 @@ import scipy.linalg
 from flax import nnx
 
 from ctbayes.errors import InputError
-from ctbayes.metrics import edge_strength
 from ctbayes.laplace import (LaplaceConfig, edges, em, exact, fit_laplace, linearise, matern,
                              priors, sampling, solvers)
 from ctbayes.laplace.sampling import Hyper, SolverOptions
+from ctbayes.metrics import edge_strength
 from ctbayes.operators import make_ray_transform
 from tests.conftest import disk_phantom, small_geometry
 

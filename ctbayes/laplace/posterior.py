@@ -97,11 +97,14 @@ class LaplaceConfig:
                                  f"of {', '.join(allowed)}.")
         for name in ("samples", "std_samples", "cg_max_iter", "sgd_iterations", "sample_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(f"LaplaceConfig.{name} must be at least 1.")
-        if self.em_cycles < 0 or self.precond_rank < 0 or self.cg_tol <= 0:
-            raise InputError("LaplaceConfig: em_cycles and precond_rank must be >= 0, cg_tol > 0.")
-        if not self.em_tol >= 0:
-            raise InputError("LaplaceConfig.em_tol must be >= 0.")
+                raise InputError(f"LaplaceConfig.{name} must be at least 1, got "
+                                 f"{getattr(self, name)}.")
+        for name, holds, rule in (("em_cycles", self.em_cycles >= 0, ">= 0"),
+                                  ("precond_rank", self.precond_rank >= 0, ">= 0"),
+                                  ("cg_tol", self.cg_tol > 0, "> 0"),
+                                  ("em_tol", self.em_tol >= 0, ">= 0")):
+            if not holds:
+                raise InputError(f"LaplaceConfig.{name} must be {rule}, got {getattr(self, name)}.")
         if self.matern_lengthscale is not None and not self.matern_lengthscale > 0:
             raise InputError("LaplaceConfig.matern_lengthscale must be positive.")
 

@@ -33,8 +33,8 @@ def flatten(fn: Callable[[Any], jax.Array], params) -> tuple[Callable, jax.Array
     """(fn_flat, theta, unravel): fn over the flat parameter vector, theta*, and its inverse.
 
     theta is `ravel_pytree(params)`. fn_flat is a `jax.tree_util.Partial`, a pytree that jitted
-    functions take as an argument: when fn is itself a `Partial` (as `uncertainty.
-    network_function` makes it), its arrays (the DIP's input z, ...) are traced, not baked
+    functions take as an argument: when fn is itself a `Partial` (as `DIPFit.render` is),
+    its arrays (the DIP's input z, ...) are traced, not baked
     in, so a new fit of the same network (new data, parameters or z) reuses every compiled
     function; any other callable is static, compiled once per function object.
     """

@@ -227,7 +227,7 @@ class MeanFieldPosterior(PosteriorBase):
 
 def fit_mfvi(fit, A, y, config: MFVIConfig = MFVIConfig(), key: jax.Array | None = None, *,
              progress: bool = False) -> MeanFieldPosterior:
-    """Mean-field VI over the weights of the DIP fit `fit` (a `DIPResult`) of the sinogram y
+    """Mean-field VI over the weights of the DIP fit `fit` (a `DIPFit`) of the sinogram y
     under the ray transform A, initialised at the fitted weights (see the module docstring)."""
     y = jnp.asarray(y, jnp.float32)
     if y.shape != tuple(A.range_shape):

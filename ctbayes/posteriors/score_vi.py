@@ -7,7 +7,7 @@ thing in every layer):
     theta ~ N(0, diag(s^2))  (per-tensor zero-mean Gaussian at the fit's weight scale),
     y | theta ~ N(A f_theta(z), sigma^2 I),  sigma = the RMS residual of the fit (or given).
 
-q is a diagonal Gaussian over u (`families.DiagonalGaussian`) started at u = 0 (the fit) with
+q is a diagonal Gaussian over u (`ctbayes.score_vi.families.DiagonalGaussian`) started at u = 0 (the fit) with
 a small spread, and fitted by proximal score matching (`proximal`). Each step's score uses one
 group of views: the views are dealt round-robin into `view_groups` groups, a step picks one
 group uniformly and scales its log likelihood by the number of groups, an unbiased estimate of
@@ -17,7 +17,7 @@ ASTRA backend the full projection is computed and the group's rows taken (correc
 The U-Net forward and backward pass dominate a step either way (see benchmarks/dip_speed.py).
 
 `score_vi_posterior(fit, A, y, config=..., seed=...)` returns a `ScoreVIImagePosterior`, which
-answers the posterior interface of `ctbayes.posterior` (mean, sample, std,
+answers the posterior interface of `ctbayes.posteriors.base` (mean, sample, std,
 predictive_samples). mean() and std() are Monte-Carlo moments of `moment_samples` draws.
 """
 
@@ -193,7 +193,7 @@ class ScoreVIImagePosterior(PosteriorBase):
 
 def score_vi_posterior(fit, A, y, *, config: ScoreVIConfig = ScoreVIConfig(), seed: int = 0,
                        progress_chunk: int = 25) -> ScoreVIImagePosterior:
-    """Fit a score-VI posterior over the weights of the DIP `fit` (a `DIPResult`) to sinogram y."""
+    """Fit a score-VI posterior over the weights of the DIP `fit` (a `DIPFit`) to sinogram y."""
     y = np.asarray(y, np.float32)
     if y.shape != tuple(A.range_shape):
         raise InputError(f"The sinogram has shape {y.shape} but the ray transform gives "

@@ -17,7 +17,13 @@ import numpy as np
 
 from ctbayes.errors import InputError
 from ctbayes.posteriors import registry
-from ctbayes.scoring import NOISY, uncertainty_metrics
+from ctbayes.scoring import (  # the scores, re-exported where callers looked before
+    NOISY, PATCH_SIZES, heldout_view_metrics, reference_variance, scoring_target,
+    uncertainty_metrics)
+
+__all__ = ["METHODS", "NONE", "NOISY", "PATCH_SIZES", "UncertaintyConfig", "UncertaintySummary",
+           "dip_config_for", "heldout_view_metrics", "image_posterior", "mixture",
+           "reference_variance", "scoring_target", "summarise", "uncertainty_metrics"]
 
 NONE = "none"
 # the posteriors of a fitted DIP, and "none"

@@ -484,7 +484,7 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     assert main(["reconstruct", str(scan_path), "-o", str(tmp_path / "bad.h5"),
                  "--em-tol", "-1", "--no-progress"]) != 0
     err = capsys.readouterr().err
-    assert "EM tolerance" in err and "Traceback" not in err
+    assert "em_tol must be >= 0" in err and "Traceback" not in err
     assert not (tmp_path / "bad.h5").exists()
 
 

@@ -25,7 +25,7 @@ import time
 import numpy as np
 from common import SHARED_DATA, parse_args, report
 
-from ctbayes.design import DesignerConfig, LoopConfig, gp_factory, laplace_factory, run_design
+from ctbayes.design import DesignerConfig, LoopConfig, run_design
 from ctbayes.dip.fit import DIPConfig
 from ctbayes.phantoms import make_phantom
 from ctbayes.simulate import default_geometry, simulate_scan
@@ -61,7 +61,7 @@ def settings(args, posterior: str):
         from ctbayes.operators.fbp import fbp
 
         every, image, binning = (4, 64, 8) if args.quick else (1, 128, 4)
-        if posterior == "gp":  # dense GP algebra: at most 64 x 64 images (`gp_prior`)
+        if posterior == "gp":  # dense GP algebra: at most 64 x 64 images (`posteriors.gp`)
             image, binning = 64, 8
         scan = import_scan(path, every=every, image_size=image, binning=binning)
         reference = fbp(scan.sinogram, scan.geometry)
@@ -75,16 +75,16 @@ def main():
     rows, summary = [], []
     for name, scan, reference, (initial, acquire, per_step) in settings(args, posterior):
         noise = scan.noise_std ** 2 if scan.noise_std else None
-        factory = gp_factory(noise_variance=noise) if posterior == "gp" else laplace_factory()
         runs = {}
         for strategy in STRATEGIES:
             designer = DesignerConfig(
                 acquisition=strategy, samples=64 if posterior == "gp" else 32,
                 reconstruction="mean" if posterior == "gp" else "dip",
-                dip=DIPConfig(iterations=1000), refit_iterations=200, refit_every=5)
+                dip=DIPConfig(iterations=1000), refit_iterations=200, refit_every=5,
+                posterior=posterior, noise_variance=noise)
             t0 = time.perf_counter()
             runs[strategy] = run_design(scan, LoopConfig(initial, acquire, per_step, designer),
-                                        posterior_factory=factory, reference=reference)
+                                        reference=reference)
             print(f"{name} {strategy}: {time.perf_counter() - t0:.1f} s", flush=True)
         ref = runs["equidistant"]
         report_budgets = sorted(set(ref.num_angles[::max(1, 5 // per_step)]) | {ref.num_angles[-1]})

@@ -55,8 +55,10 @@ from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
 from ctbayes.simulate import default_geometry, simulate_scan
-from ctbayes.uncertainty import (UncertaintyConfig, heldout_view_metrics, reference_variance,
-                                 scoring_target, uncertainty_metrics)
+from ctbayes.laplace import LaplaceConfig
+from ctbayes.scoring import (heldout_view_metrics, reference_variance, scoring_target,
+                             uncertainty_metrics)
+from ctbayes.uncertainty import UncertaintyConfig
 
 
 HTC_SAMPLES = ("ta", "tb")
@@ -144,7 +146,7 @@ def cross_calibrated_rows(pool: dict, heldout: dict, protocol=lambda name: "") -
 def with_reference_noise(scan, truth, mean, std, samples, mask) -> dict:
     """For a real scan whose reference carries a draw of its own noise: LL, coverage_90 and
     z_rms against that noisy reference under the posterior's variance plus its noise
-    (`uncertainty.reference_variance`); else nothing."""
+    (`scoring.reference_variance`); else nothing."""
     variance = reference_variance(scan, mean)
     if variance is None:
         return {}
@@ -225,7 +227,8 @@ def main():
             samples = 32 if args.quick else 128
             config = ReconstructConfig(uncertainty=UncertaintyConfig(
                 method=method, samples=samples, save_samples=samples, ensemble=args.ensemble,
-                edge_features=args.edge_features))
+                posterior=LaplaceConfig(edge_features=args.edge_features)
+                if method == "laplace" else None))
             if args.quick:
                 config = dataclasses.replace(config, dip=dataclasses.replace(
                     config.dip, iterations=config.dip.iterations // 4))

@@ -3,30 +3,32 @@
 A posterior's std map can have the right shape and the wrong overall size: on real data the
 linear-Gaussian model counts what the grid cannot represent (partial volume at edges) as
 sinogram noise, not as image uncertainty, and no measurement of the scan itself sees the
-sparse-view error in the null space of A (README, *Benchmarks*). The scale c that maximises
+sparse-view error in the null space of A. The scale c that maximises
 the Gaussian log-likelihood of a truth under std * c is the rms of the z-scores,
 c = sqrt(mean((truth - mean)^2 / std^2)) (`metrics.z_rms`): measured on calibration scans
 from the same scanner and protocol, it is passed to `reconstruct --std-scale` for new ones
 (Laves et al., "Well-calibrated regression uncertainty in medical imaging with deep
 learning", MIDL 2020). Several calibration scans count equally: c^2 is the mean of their c_i^2.
 A scale belongs to the posterior it was measured on (method, prior, ensemble size): an
-ensemble's mixture needs a smaller one than a single fit (README, *Calibration*).
+ensemble's mixture needs a smaller one than a single fit.
 
 The edge term adds what the scale cannot: an error proportional to the image's gradient,
 which a sub-pixel misplacement of an edge (partial volume, a grid that cannot represent the
 object) produces. The calibrated std is sqrt((c std)^2 + (b |grad mean|)^2), b an rms edge
 displacement in pixels; (c, b) maximise the Gaussian log-likelihood of the calibration
-scans' truths (`fit_scale_and_edge`). On HTC2022 at 64x64 the fits of the two samples
-agreed (c 1.82 / 1.83, b 0.124 / 0.121 px), which the scale alone did not.
+scans' truths (`fit_scale_and_edge`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from ctbayes.errors import InputError
+from ctbayes.metrics import edge_strength, z_rms
+from ctbayes.scoring import reference_variance, scoring_target
 
 Z_RMS_KEYS = ("z_rms", "z_rms_vs_reference_fbp")
 
@@ -39,10 +41,11 @@ def unscaled_z_rms(result, name: str = "result") -> float:
     if not found:
         raise InputError(f"{name} has no z_rms metric: calibrate needs results with a std map "
                          "of scans with a ground truth or a reference FBP.")
-    if float(result.settings.get("uncertainty_edge_std", 0.0)):
+    settings = result.uncertainty_settings()
+    if float(settings.get("edge_std", 0.0)):
         raise InputError(f"{name} was written with an edge std: calibrate needs its scan "
                          "file (beside it or where it was) to undo that.")
-    applied = float(result.settings.get("uncertainty_std_scale", 1.0))
+    applied = float(settings.get("std_scale", 1.0))
     value = found[0] * applied
     if not (0 < value < math.inf):
         raise InputError(f"{name} has an unusable z_rms ({found[0]}).")
@@ -51,33 +54,31 @@ def unscaled_z_rms(result, name: str = "result") -> float:
 
 def calibration_target(result, scan):
     """(truth, mean, std, mask, truth_variance) of a result against its scan's truth or scaled
-    reference FBP (`uncertainty.scoring_target`; truth_variance: that reference's own noise,
-    `uncertainty.reference_variance`, or None), the std as the posterior gave it (before the
+    reference FBP (`scoring.scoring_target`; truth_variance: that reference's own noise,
+    `scoring.reference_variance`, or None), the std as the posterior gave it (before the
     calibration it was written with); None where the scan has neither or does not match."""
-    from ctbayes.uncertainty import reference_variance, scoring_target
-
     if result.std is None or (scan.ground_truth is None and "fbp" not in scan.references):
         return None
     if tuple(scan.geometry.image_shape) != tuple(np.shape(result.mean)):
         return None
     truth, mask = scoring_target(scan, result.mean)
-    settings = result.settings
-    std = unscaled_std(result.std, result.mean, float(settings.get("uncertainty_std_scale", 1.0)),
-                       float(settings.get("uncertainty_edge_std", 0.0)))
+    settings = result.uncertainty_settings()
+    std = unscaled_std(result.std, result.mean, float(settings.get("std_scale", 1.0)),
+                       float(settings.get("edge_std", 0.0)))
     return truth, result.mean, std, mask, reference_variance(scan, result.mean)
 
 
 def posterior_flags(result) -> str:
     """The `reconstruct` flags of the posterior a result's std map comes from (method, prior,
     edge features, ensemble size): what a std scale measured on it applies to."""
-    settings = result.settings
-    method = settings.get("uncertainty_method", "?")
-    flags = f"--uncertainty {method}"
-    if method == "laplace":
-        flags += f" --prior {settings.get('uncertainty_prior', '?')}"
-        if settings.get("uncertainty_edge_features", False):
-            flags += " --edge-features"
-    ensemble = int(settings.get("uncertainty_ensemble", 1))
+    settings = result.uncertainty_settings()
+    posterior = settings.get("posterior") or {}
+    flags = f"--uncertainty {settings.get('method', '?')}"
+    if "prior" in posterior:  # a prior over the weights (Laplace)
+        flags += f" --prior {posterior['prior']}"
+    if posterior.get("edge_features", False):
+        flags += " --edge-features"
+    ensemble = int(settings.get("ensemble", 1))
     return flags + (f" --ensemble {ensemble}" if ensemble > 1 else "")
 
 
@@ -97,19 +98,6 @@ def std_scale(z_rms_values) -> float:
     if not values:
         raise InputError("calibrate needs at least one result file.")
     return math.sqrt(sum(v * v for v in values) / len(values))
-
-
-def edge_strength(image, xp=np):
-    """|grad image| per pixel (Sobel with reflected borders, / 8, in image units per pixel):
-    the error of an edge misplaced by a pixel. xp: NumPy (in float64) or jax.numpy, for the
-    traced edge features of the linearised model (`laplace.edges`)."""
-    image = np.asarray(image, np.float64) if xp is np else image
-    padded = xp.pad(image, 1, mode="symmetric")
-    smooth0 = padded[:-2] + 2 * padded[1:-1] + padded[2:]  # [1, 2, 1] along axis 0
-    smooth1 = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]  # along axis 1
-    d0 = smooth1[2:] - smooth1[:-2]
-    d1 = smooth0[:, 2:] - smooth0[:, :-2]
-    return xp.sqrt(d0 * d0 + d1 * d1) / 8
 
 
 def calibrated_std(std, mean, std_scale: float = 1.0, edge_std: float = 0.0) -> np.ndarray:
@@ -143,7 +131,7 @@ def fit_scale_and_edge(scans, edge: bool = True) -> tuple[float, float]:
     """(std_scale, edge_std) maximising the mean Gaussian log-likelihood of the truths under
     `calibrated_std`, each scan's pixels weighted equally (a scan: (truth, mean, std, mask),
     mask None for all pixels, and optionally a fifth item: the truth's own noise variance per
-    pixel, e.g. a reference FBP's (`uncertainty.reference_variance`), added to the calibrated
+    pixel, e.g. a reference FBP's (`scoring.reference_variance`), added to the calibrated
     variance and not scaled). edge False: the scale alone (edge_std 0). With no edge term and
     no truth noise it is the pooled rms z-score."""
     from scipy.optimize import minimize, minimize_scalar
@@ -183,3 +171,45 @@ def fit_scale_and_edge(scans, edge: bool = True) -> tuple[float, float]:
         return pooled, 0.0
     scale, edge_std = np.exp(best.x)
     return float(scale), float(edge_std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The outcome of `calibrate`.
+
+    std_scale, edge_std: the calibration (edge_std 0 where there was no per-pixel truth).
+    z_rms: each result's rms z-score before any calibration it was written with.
+    flags: the `reconstruct` flags of the posterior the calibration belongs to.
+    with_edge: whether every result had a per-pixel truth (its scan's ground truth or
+      reference FBP), so the edge term was fitted. reference_noise: whether a reference's
+      own noise was allowed for.
+    """
+
+    std_scale: float
+    edge_std: float
+    z_rms: tuple[float, ...]
+    flags: str
+    with_edge: bool
+    reference_noise: bool
+
+
+def calibrate(results, scans, names=None) -> Calibration:
+    """The std scale (and, where every result has a per-pixel truth, the edge std) that
+    calibrates the posterior of `results` (`Reconstruction`s of one posterior kind).
+
+    scans: each result's `Scan` (None where its scan file is not at hand); a scan with a
+    ground truth or a reference FBP gives the truth per pixel. names: for messages.
+    """
+    names = [f"result {k + 1}" for k in range(len(results))] if names is None else list(names)
+    flags = common_posterior_flags(results, names)
+    targets = [calibration_target(result, scan) if scan is not None else None
+               for result, scan in zip(results, scans)]
+    if targets and all(target is not None for target in targets):
+        values = tuple(z_rms(truth[inside], mean[inside], std[inside])
+                       for truth, mean, std, mask, _ in targets
+                       for inside in [(slice(None),) if mask is None else mask])
+        scale, edge = fit_scale_and_edge(targets)
+        noisy = any(target[4] is not None for target in targets)
+        return Calibration(scale, edge, values, flags, True, noisy)
+    values = tuple(unscaled_z_rms(result, name) for name, result in zip(names, results))
+    return Calibration(std_scale(values), 0.0, values, flags, False, False)

@@ -37,7 +37,7 @@ def uncertainty_figures(scan, result, directory) -> list[Path]:
     from ctbayes.plots import pyplot, save_figure
 
     directory = Path(directory)
-    label = result.settings.get("uncertainty_method", "posterior")
+    label = result.uncertainty_settings().get("method", "posterior")
     panels = {"reconstruction": result.mean, f"std ({label})": result.std}
     truth = scan.ground_truth
     if truth is not None:

@@ -13,11 +13,17 @@ from ctbayes import metrics
 from ctbayes.compile_clock import compile_seconds
 from ctbayes.dip.fit import DIPConfig, fit_dip, parameter_count
 from ctbayes.errors import InputError
+from ctbayes.laplace import LaplaceConfig
+from ctbayes.laplace.priors import PRIOR_KINDS
 from ctbayes.operators import make_ray_transform
+from ctbayes.options import Option, collect
+from ctbayes.posteriors import registry
+from ctbayes.posteriors.mcdo import MCDOConfig
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
-from ctbayes.uncertainty import (NOISY, UncertaintyConfig, dip_config_for, image_posterior,
-                                 mixture, reference_variance, scoring_target, summarise)
+from ctbayes.scoring import NOISY, reference_variance, scoring_target
+from ctbayes.uncertainty import (METHODS as UNCERTAINTY_METHODS, NONE, UncertaintyConfig,
+                                 dip_config_for, image_posterior, mixture, summarise)
 
 METHODS = ("dip", "fbp", "tv")
 
@@ -51,9 +57,102 @@ class ReconstructConfig:
         if self.tv_iterations < 1:
             raise InputError(f"TV needs at least 1 iteration, got {self.tv_iterations}.")
         if self.uncertainty.ensemble > 1 and (self.method != "dip"
-                                              or self.uncertainty.method == "none"):
+                                              or self.uncertainty.method == NONE):
             raise InputError("An ensemble mixes the posteriors of several DIP fits: it needs "
                              "the dip method and an uncertainty method other than none.")
+
+
+def _int_tuple(text: str):
+    """'16,32,64' -> (16, 32, 64); '8' -> 8."""
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise InputError(f"expected integers separated by commas, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+# The options of `ctbayes reconstruct`: each flag sets one config field and takes its default
+# from there. --seed seeds the DIP and the posterior; --tv is the TV weight of the tv method
+# and the DIP's gamma (see `config_from_options`).
+OPTIONS = (
+    Option("--method", ReconstructConfig, "method", "deep image prior, filtered "
+           "back-projection or TV", choices=METHODS),
+    Option("--backend", ReconstructConfig, "backend", "ray transform: ASTRA callback, "
+           "sparse matrix in XLA, or automatic", choices=("auto", "astra", "sparse")),
+    Option("--projector", ReconstructConfig, "projector", "ASTRA CPU projector (linear, "
+           "strip, line, line_fanflat, strip_fanflat)"),
+    Option("--filter", ReconstructConfig, "fbp_filter", "FBP filter (Ram-Lak, Shepp-Logan, "
+           "Cosine, Hamming, Hann)"),
+    Option("--frequency-scaling", ReconstructConfig, "fbp_frequency_scaling",
+           "FBP filter cut-off in (0, 1]"),
+    Option("--tv", ReconstructConfig, "tv_weight", "TV weight: for --method tv the weight w "
+           "(none: discrepancy principle); for dip the scale-free gamma "
+           f"(none: {DIPConfig.gamma})", type=float),
+    Option("--tv-iterations", ReconstructConfig, "tv_iterations", "PDHG iterations of "
+           "--method tv"),
+    Option("--iterations", DIPConfig, "iterations", "DIP Adam steps"),
+    Option("--lr", DIPConfig, "lr", "DIP learning rate"),
+    Option("--channels", DIPConfig, "channels", "U-Net channels: one number or one per "
+           "scale, comma-separated", type=_int_tuple),
+    Option("--skip-channels", DIPConfig, "skip_channels", "U-Net skip channels: one number "
+           "or one per scale (0: no skip)", type=_int_tuple),
+    Option("--scales", DIPConfig, "scales", "U-Net scales"),
+    Option("--seed", DIPConfig, "seed", "seed of the DIP (network, input z, dropout) and of "
+           "the posterior (EM, samples)"),
+    Option("--checkpoint-every", DIPConfig, "checkpoint_every", "DIP iterations between "
+           "checkpoints (OUT.ckpt.npz beside the output)"),
+    Option("--uncertainty", UncertaintyConfig, "method", "per-pixel uncertainty of the DIP: "
+           "linearised Laplace, MC dropout, mean-field VI, score-based VI, or none",
+           choices=UNCERTAINTY_METHODS),
+    Option("--samples", UncertaintyConfig, "samples", "posterior samples behind the std map "
+           "and the metrics"),
+    Option("--save-samples", UncertaintyConfig, "save_samples", "how many posterior samples "
+           "to store in the result file"),
+    Option("--prior", LaplaceConfig, "prior", "Laplace prior over the network weights",
+           choices=PRIOR_KINDS),
+    Option("--edge-features", LaplaceConfig, "edge_features", "Laplace: add a per-pixel edge "
+           "displacement whose variance the EM learns from the scan (std where the image "
+           "has edges)"),
+    Option("--em-cycles", LaplaceConfig, "em_cycles", "Laplace: EM cycles (at most) for the "
+           "prior and noise variances"),
+    Option("--em-tol", LaplaceConfig, "em_tol", "Laplace: stop the EM once no variance moves "
+           "by more than this relative amount in a cycle (0: run all cycles)"),
+    Option("--solver", LaplaceConfig, "solver", "Laplace sampler: preconditioned CG, SGD, or "
+           "exact (small images)", choices=("cg", "sgd", "exact")),
+    Option("--dropout", MCDOConfig, "dropout", "dropout rate of the DIP-MCDO fit "
+           "(--uncertainty mcdo)"),
+    Option("--ensemble", UncertaintyConfig, "ensemble", "fit this many DIPs (seeds SEED, "
+           "SEED+1, ...) and mix their posteriors; costs that many times one run"),
+    Option("--std-scale", UncertaintyConfig, "std_scale", "multiply the std map and the "
+           "samples' deviations by this calibration factor (from `ctbayes calibrate`)"),
+    Option("--edge-std", UncertaintyConfig, "edge_std", "add an edge error of this many "
+           "pixels times |grad image| to the std map and samples (from `ctbayes calibrate`; "
+           "0: none)"),
+)
+
+
+def config_from_options(values) -> ReconstructConfig:
+    """The `ReconstructConfig` of flat option values keyed by `OPTIONS` dest names (e.g. the
+    parsed flags of `ctbayes reconstruct`; absent keys take the defaults).
+
+    The seed seeds both the DIP and the posterior; tv is the TV method's weight and, for the
+    dip method, the DIP's gamma; the posterior options go to the chosen method's config (a
+    method takes only its own); an uncertainty pass belongs to the dip method only.
+    """
+    kwargs = collect({k: v for k, v in dict(values).items() if v is not None}, OPTIONS)
+    top = kwargs.get(ReconstructConfig, {})
+    method = top.get("method", "dip")
+    dip = dict(kwargs.get(DIPConfig, {}))
+    if method == "dip" and top.get("tv_weight") is not None:
+        dip["gamma"] = top["tv_weight"]
+    unc = dict(kwargs.get(UncertaintyConfig, {}))
+    if method != "dip":
+        unc = {"method": NONE, "ensemble": unc.get("ensemble", 1)}
+    elif unc.get("method", UncertaintyConfig.method) != NONE:
+        entry = registry.entry(unc.get("method", UncertaintyConfig.method))
+        unc["posterior"] = entry.config(**kwargs.get(entry.config, {}))
+        unc["seed"] = dip.get("seed", DIPConfig.seed)
+    return ReconstructConfig(**top, dip=DIPConfig(**dip), uncertainty=UncertaintyConfig(**unc))
 
 
 def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
@@ -79,26 +178,22 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
         image, weight, noise = _tv(A, scan, config)
         settings |= {"tv_weight": weight, "tv_iterations": config.tv_iterations, "noise_std": noise}
     else:
-        kind = config.uncertainty.method
-        members = member_configs(dip_config_for(kind, config.dip, config.uncertainty),
-                                 config.uncertainty.ensemble)
-        if kind == "laplace" and config.uncertainty.solver == "exact":  # before the fit
-            from ctbayes.laplace.exact import check_size
-
-            pixels = int(np.prod(A.domain_shape))  # edge features: one more per pixel
-            check_size(pixels, int(np.size(scan.sinogram)), parameter_count(members[0])
-                       + (pixels if config.uncertainty.edge_features else 0))
+        unc = config.uncertainty
+        members = member_configs(dip_config_for(unc, config.dip), unc.ensemble)
+        if unc.method != NONE:  # what the posterior cannot handle is refused before the fit
+            registry.entry(unc.method).check(unc.posterior, A, scan.sinogram,
+                                             parameter_count(members[0]))
         fits = [fit_dip(A, scan.sinogram, member, ground_truth=scan.ground_truth,
                         checkpoint=path, resume=resume, progress=progress)
                 for member, path in zip(members, member_checkpoints(checkpoint, len(members)))]
         image = fits[0].image
-        settings |= {f"dip_{k}": v for k, v in dataclasses.asdict(members[0]).items()}
+        settings["dip"] = dataclasses.asdict(members[0])  # nested JSON in the result file
         settings["dip_kept"] = ",".join(fit.kept for fit in fits)
         for key in fits[0].timings.keys() - {"iterations_per_second"}:
             timings[f"dip_{key}"] = sum(fit.timings[key] for fit in fits)
         settings["dip_iterations_per_second"] = fits[0].timings["iterations_per_second"]
     timings["reconstruction"] = time.perf_counter() - start
-    if config.method != "dip" or config.uncertainty.method == "none":
+    if config.method != "dip" or config.uncertainty.method == NONE:
         image = np.asarray(image, np.float32)
         return Reconstruction(mean=image, method=config.method, settings=settings,
                               timings=timings, metrics=score(image, scan, A))
@@ -127,10 +222,8 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
     ensemble (several fits) the mixture of the fits' posteriors (`uncertainty.mixture`)."""
     if progress:  # the posterior has no progress bar; say what the wait is for
         print(f"uncertainty: {config.method}, {config.samples} samples"
-              + (f", up to {config.em_cycles} EM cycles" if config.method == "laplace" else "")
               + (f", for each of {len(fits)} fits" if len(fits) > 1 else "")
               + " (compiling first: minutes on a CPU)", file=sys.stderr, flush=True)
-    exact = config.method == "laplace" and config.solver == "exact"
     summaries, hyper, precision, cycles = [], {}, [], []
     timings["uncertainty_fit"] = 0.0
     compiled_before = compile_seconds()
@@ -139,22 +232,23 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
         member = dataclasses.replace(config, seed=config.seed + k)
         posterior, learned = image_posterior(fit, A, scan.sinogram, member)
         timings["uncertainty_fit"] += time.perf_counter() - start
-        for phase, seconds in getattr(posterior, "timings", {}).items():  # Laplace's phases
-            timings[f"uncertainty_laplace_{phase}"] = \
-                timings.get(f"uncertainty_laplace_{phase}", 0.0) + seconds
+        diagnostics = posterior.diagnostics()
+        for phase, seconds in diagnostics.timings.items():
+            name = f"uncertainty_{config.method}_{phase}"
+            timings[name] = timings.get(name, 0.0) + seconds
         summaries.append(summarise(posterior, dataclasses.replace(
-            member, save_samples=member.samples), exact_std=exact))
+            member, save_samples=member.samples)))
         hyper |= {(f"member{k}_{key}" if len(fits) > 1 else key): value
                   for key, value in learned.items()}
-        precision.append(getattr(posterior, "precision", None))
-        cycles.append(len(posterior.history) if config.method == "laplace" else None)
+        precision.append(diagnostics.precision)
+        cycles.append(diagnostics.em_cycles)
     truth, mask, noise, suffix = _uncertainty_target(scan, summaries)
     summary = mixture(summaries, config.save_samples, truth, mask, config.std_scale,
                       config.edge_std, config.seed, truth_variance=noise)
     timings["uncertainty_sampling"] = summary.seconds
     timings["uncertainty"] = timings["uncertainty_fit"] + summary.seconds
     timings["uncertainty_compile"] = compile_seconds() - compiled_before  # part of the above
-    settings |= {f"uncertainty_{k}": v for k, v in dataclasses.asdict(config).items()}
+    settings["uncertainty"] = config.as_dict()  # nested: the method's config inside
     if precision[0] is not None:  # what "auto" chose
         settings["uncertainty_precision_used"] = ",".join(precision)
     if cycles[0] is not None:  # EM cycles run (fewer than allowed once converged)
@@ -174,8 +268,8 @@ def _with_uncertainty(fits, A, scan, config: UncertaintyConfig, settings, timing
 def _uncertainty_target(scan: Scan, summaries) -> tuple:
     """(truth, mask, truth_variance, metric suffix) to score the posterior against: the
     ground truth; for real data with a reference FBP, that reference scaled to the
-    posterior's mean, inside the object (`uncertainty.scoring_target`), with the variance of
-    its own noise where the scan holds a draw of it (`uncertainty.reference_variance`), its
+    posterior's mean, inside the object (`scoring.scoring_target`), with the variance of
+    its own noise where the scan holds a draw of it (`scoring.reference_variance`), its
     metrics named *_vs_reference_fbp; else (None, None, None, "")."""
     if scan.ground_truth is not None:
         return scan.ground_truth, None, None, ""
@@ -187,7 +281,7 @@ def _uncertainty_target(scan: Scan, summaries) -> tuple:
 
 
 def _metric_name(key: str, suffix: str) -> str:
-    """log_likelihood + _vs_reference_fbp; log_likelihood_and_its_noise (`uncertainty.NOISY`)
+    """log_likelihood + _vs_reference_fbp; log_likelihood_and_its_noise (`scoring.NOISY`)
     -> log_likelihood_vs_reference_fbp_and_its_noise."""
     noisy = key.endswith(NOISY)
     return key.removesuffix(NOISY) + suffix + (NOISY if noisy else "")

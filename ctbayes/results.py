@@ -34,6 +34,23 @@ class Reconstruction:
     metrics: dict = dataclasses.field(default_factory=dict)
     hyperparameters: dict = dataclasses.field(default_factory=dict)
 
+    def uncertainty_settings(self) -> dict:
+        """The uncertainty pass's settings (`UncertaintyConfig.as_dict`: method, samples,
+        ..., std_scale, edge_std, and the method's own config under "posterior"); {} where
+        there was none. Reads the nested form, and the flat uncertainty_* keys of older
+        files (their method settings then under "posterior" too)."""
+        nested = self.settings.get("uncertainty")
+        if isinstance(nested, dict):
+            return nested
+        flat = {k.removeprefix("uncertainty_"): v for k, v in self.settings.items()
+                if k.startswith("uncertainty_")}
+        common = ("method", "samples", "save_samples", "seed", "ensemble", "std_scale",
+                  "edge_std")
+        out = {k: flat.pop(k) for k in common if k in flat}
+        if out:
+            out["posterior"] = flat
+        return out
+
 
 def default_output(scan_path) -> Path:
     """SCAN.ctbayes.h5 beside the input."""

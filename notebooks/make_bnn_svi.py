@@ -122,7 +122,7 @@ prior centred at theta*. It answers the posterior interface (`mean`, `sample`, `
 from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import shepp_logan
 from ctbayes.simulate import default_geometry
-from ctbayes.vi.dip import MFVIConfig, mfvi_posterior
+from ctbayes.posteriors.mfvi import MFVIConfig, mfvi_posterior
 
 n = 32 if QUICK else 64
 A = make_ray_transform(default_geometry(n, views=20))

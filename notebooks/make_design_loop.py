@@ -32,7 +32,7 @@ CELLS = [
         "from ctbayes.phantoms import make_phantom\n"
         "from ctbayes.simulate import default_geometry, simulate_scan\n"
         "from ctbayes.dip.fit import DIPConfig\n"
-        "from ctbayes.design import DesignerConfig, LoopConfig, gp_factory, laplace_factory, read_log, run_design\n"
+        "from ctbayes.design import DesignerConfig, LoopConfig, read_log, run_design\n"
         "from ctbayes.design.figures import polar_angles, psnr_curves\n"
         "work = Path(tempfile.mkdtemp())"),
     new_code_cell(
@@ -41,14 +41,14 @@ CELLS = [
         "else:\n"
         "    geometry = default_geometry(SIZE, views=CANDIDATES)\n"
         "    scan = simulate_scan(make_phantom('rectangles', SIZE, 1), geometry, noise_level=0.02, seed=0)\n"
-        "    factory = gp_factory(noise_variance=scan.noise_std ** 2) if POSTERIOR == 'gp' else laplace_factory()\n"
         "    runs = {}\n"
         "    for strategy in STRATEGIES:\n"
         "        designer = DesignerConfig(acquisition=strategy, samples=64 if QUICK else 32,\n"
         "                                  reconstruction='mean' if QUICK else 'dip',\n"
-        "                                  dip=DIPConfig(iterations=1000), refit_iterations=200)\n"
+        "                                  dip=DIPConfig(iterations=1000), refit_iterations=200,\n"
+        "                                  posterior=POSTERIOR, noise_variance=scan.noise_std ** 2)\n"
         "        config = LoopConfig(INITIAL, ACQUIRE, PER_STEP, designer)\n"
-        "        runs[strategy] = run_design(scan, config, work / 'design.h5', posterior_factory=factory)\n"
+        "        runs[strategy] = run_design(scan, config, work / 'design.h5')\n"
         "list(runs)"),
     new_markdown_cell("## PSNR per budget, and the angles needed to match equidistant"),
     new_code_cell(

@@ -138,7 +138,7 @@ BAD_SETTINGS = {  # flags after `reconstruct SCAN`: the error, raised before any
     "figures onto a file": (["--figures", "{tmp}/ok.h5"], "a file of that name is in the way"),
     "negative TV weight": (["--method", "tv", "--tv", "-1"], "TV weight must be a number >= 0"),
     "no TV iterations": (["--method", "tv", "--tv-iterations", "0"], "at least 1 iteration"),
-    "negative EM cycles": (["--em-cycles", "-1"], "cycles >= 0, got -1"),
+    "negative EM cycles": (["--em-cycles", "-1"], "em_cycles must be >= 0, got -1"),
     "negative learning rate": (["--lr", "-1"], "lr must be positive, got -1.0."),
     "empty ensemble": (["--ensemble", "0"], "at least 1 member, got 0"),
     "zero std scale": (["--std-scale", "0"], "std scale must be a positive number, got 0.0"),

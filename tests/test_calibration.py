@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ctbayes.calibration import (calibrated_samples, calibrated_std, edge_strength,
-                                 fit_scale_and_edge, unscaled_std)
+from ctbayes.calibration import (calibrated_samples, calibrated_std, fit_scale_and_edge,
+                                 unscaled_std)
+from ctbayes.metrics import edge_strength
 from ctbayes.phantoms import make_phantom
 
 

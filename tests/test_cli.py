@@ -55,7 +55,7 @@ def test_simulate_renders_finer_without_the_inverse_crime(tmp_path, capsys):
     expected = simulate_scan(fine, default_geometry(32, views=12), seed=2)
     np.testing.assert_allclose(scan.sinogram, expected.sinogram, rtol=1e-5, atol=1e-5)
     assert main(["simulate", str(tmp_path / "bad.h5"), "--render", "0"]) != 0
-    assert "--render must be between 1 and 16" in capsys.readouterr().err
+    assert "render must be between 1 and 16" in capsys.readouterr().err
     assert not (tmp_path / "bad.h5").exists()
 
 
@@ -77,3 +77,27 @@ def test_tv_beats_fbp_on_a_shipped_scan(tmp_path):
         assert main(["reconstruct", scan, "--method", method, "-o", str(out)]) == 0
         psnr[method] = read_result(out).metrics["psnr"]
     assert psnr["tv"] > psnr["fbp"] + 3
+
+
+def test_every_subcommand_help_shows_every_default():
+    """Each optional flag with a default shows it in --help (the default comes from the
+    config dataclass that owns it, e.g. --em-cycles from LaplaceConfig)."""
+    import argparse
+
+    from ctbayes.cli import build_parser
+    from ctbayes.laplace import LaplaceConfig
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) >= {"reconstruct", "design", "simulate", "import",
+                                       "calibrate", "info"}
+    for name, sub in subparsers.choices.items():
+        text = " ".join(sub.format_help().split())  # argparse wraps lines
+        for action in sub._actions:
+            if not action.option_strings or action.default in (None, argparse.SUPPRESS) \
+                    or isinstance(action, argparse._HelpAction):
+                continue
+            assert f"(default: {action.default})" in text, (name, action.option_strings)
+    reconstruct = subparsers.choices["reconstruct"]
+    em = next(a for a in reconstruct._actions if "--em-cycles" in a.option_strings)
+    assert em.default == LaplaceConfig.em_cycles

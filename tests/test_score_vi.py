@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ctbayes.errors import InputError
-from ctbayes.posterior import ImagePosterior
+from ctbayes.posteriors.base import ImagePosterior
 from ctbayes.score_vi import baselines, evaluation, problems
 from ctbayes.score_vi.families import DiagonalGaussian, LowRankGaussian, RealNVP, make_family
 from ctbayes.score_vi.proximal import ProximalConfig, proximal_score_matching
@@ -167,7 +167,7 @@ def dip_problem():
 
 
 def test_view_groups_project_exactly_the_views_of_each_group(dip_problem):
-    from ctbayes.score_vi.dip import ViewGroups
+    from ctbayes.posteriors.score_vi import ViewGroups
 
     _, A, y, fit = dip_problem
     groups = ViewGroups(A, y, 3)  # 8 views in groups of 3, 3, 2 (padded)
@@ -185,7 +185,7 @@ def test_view_groups_project_exactly_the_views_of_each_group(dip_problem):
 
 def test_score_vi_dip_posterior_answers_the_posterior_interface(dip_problem):
     from ctbayes.operators import make_ray_transform
-    from ctbayes.score_vi.dip import ScoreVIConfig, score_vi_posterior
+    from ctbayes.posteriors.score_vi import ScoreVIConfig, score_vi_posterior
 
     geometry, A, y, fit = dip_problem
     config = ScoreVIConfig(steps=20, view_groups=2, moment_samples=8, sample_chunk=4)

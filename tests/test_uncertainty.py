@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctbayes import metrics, uncertainty
+from ctbayes import metrics, scoring, uncertainty
 from ctbayes.cli import main
 from ctbayes.compile_clock import compile_seconds
 from ctbayes.dip.fit import DIPConfig, fit_dip
 from ctbayes.errors import InputError
 from ctbayes.io import read_scan
-from ctbayes.mcdo import MCDropoutPosterior
+from ctbayes.laplace import LaplaceConfig
+from ctbayes.posteriors.mcdo import MCDOConfig, MCDropoutPosterior
 from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import make_phantom
 from ctbayes.reconstruct import ReconstructConfig, reconstruct
@@ -38,7 +39,7 @@ def test_metrics_of_a_known_gaussian():
     mean = rng.normal(size=(64, 64))
     truth = mean + std * rng.normal(size=(64, 64))
     samples = mean + std * rng.normal(size=(400, 64, 64))
-    scores = uncertainty.uncertainty_metrics(truth, mean, std, samples)
+    scores = scoring.uncertainty_metrics(truth, mean, std, samples)
     for level in (50, 90, 95):
         assert abs(scores[f"coverage_{level}"] - level / 100) < 0.03  # binomial sd < 0.008
     assert scores["log_likelihood"] > scores["log_likelihood_constant_std"] + 0.3
@@ -46,12 +47,12 @@ def test_metrics_of_a_known_gaussian():
     assert {"patch_log_likelihood_2", "patch_log_likelihood_10"} <= scores.keys()
     assert abs(scores["z_rms"] - 1) < 0.05  # sd of the rms of 4096 unit normals: 0.011
     # a std that is 3x too small covers far too little, scores worse and says so in z_rms
-    small = uncertainty.uncertainty_metrics(truth, mean, std / 3)
+    small = scoring.uncertainty_metrics(truth, mean, std / 3)
     assert small["coverage_90"] < 0.5 and small["log_likelihood"] < scores["log_likelihood"]
     assert small["z_rms"] == pytest.approx(3 * scores["z_rms"])
     # the best constant std is the rms error, so its z-scores have rms 1 exactly
     constant = np.full_like(std, metrics.best_constant_std(truth, mean))
-    assert uncertainty.uncertainty_metrics(truth, mean, constant)["z_rms"] == pytest.approx(1, abs=1e-12)
+    assert scoring.uncertainty_metrics(truth, mean, constant)["z_rms"] == pytest.approx(1, abs=1e-12)
 
 
 def test_a_noisy_truth_is_scored_under_the_posterior_plus_its_noise():
@@ -65,13 +66,13 @@ def test_a_noisy_truth_is_scored_under_the_posterior_plus_its_noise():
     mean = rng.normal(size=(64, 64))
     noisy = mean + std * rng.normal(size=(64, 64)) + np.sqrt(v) * rng.normal(size=(64, 64))
     samples = mean + std * rng.normal(size=(400, 64, 64))
-    scores = uncertainty.uncertainty_metrics(noisy, mean, std, samples, truth_variance=v)
+    scores = scoring.uncertainty_metrics(noisy, mean, std, samples, truth_variance=v)
     for level in (50, 90, 95):
         assert abs(scores[f"coverage_{level}"] - level / 100) < 0.03
     assert abs(scores["z_rms"] - 1) < 0.05
     assert abs(scores["patch_log_likelihood_1"] - scores["log_likelihood"]) < 0.05
     assert scores["log_likelihood"] > scores["log_likelihood_constant_std"] + 0.1
-    assert uncertainty.uncertainty_metrics(noisy, mean, std)["coverage_90"] < 0.8
+    assert scoring.uncertainty_metrics(noisy, mean, std)["coverage_90"] < 0.8
     err2 = np.mean((noisy - mean) ** 2)
     assert metrics.best_constant_std(noisy, mean, 0.001) ** 2 == pytest.approx(err2 - 0.001, rel=1e-4)
     assert metrics.best_constant_std(noisy, mean, np.zeros_like(v)) == pytest.approx(
@@ -90,11 +91,11 @@ def test_reference_variance_is_the_local_power_of_its_noise_draw():
     draw = 0.02 * np.random.default_rng(6).normal(size=(size, size))
     refs = {"fbp": 4 * image, "fbp_noise": draw.astype(np.float32)}
     scan = Scan(sinogram=np.zeros(g.sinogram_shape, np.float32), geometry=g, references=refs)
-    variance = uncertainty.reference_variance(scan, image)
+    variance = scoring.reference_variance(scan, image)
     assert variance.shape == image.shape
     assert variance.mean() == pytest.approx((0.02 / 4) ** 2, rel=0.05)
     np.testing.assert_allclose(variance[8:-8, 8:-8], (0.02 / 4) ** 2, rtol=0.5)
-    assert uncertainty.reference_variance(dataclasses.replace(
+    assert scoring.reference_variance(dataclasses.replace(
         scan, references={"fbp": 4 * image}), image) is None  # no draw, nothing to allow for
 
 
@@ -113,13 +114,13 @@ def test_real_scans_are_scored_inside_the_object_in_the_field_of_view():
     image = 0.5 * ring
     scan = Scan(sinogram=np.zeros(g.sinogram_shape, np.float32), geometry=g,
                 references={"fbp": 3.0 * image, "segmentation": ring})
-    truth, mask = uncertainty.scoring_target(scan, image)
+    truth, mask = scoring.scoring_target(scan, image)
     np.testing.assert_allclose(truth, image, rtol=1e-6)
     seen = make_ray_transform(g).field_of_view()
     np.testing.assert_array_equal(mask, seen & (r < 14))
     assert mask[r < 4].all() and not mask[r > 12.7].any()  # hole in, beyond the view out
     simulated = simulate_scan(image, default_geometry(size), noise="none")
-    assert uncertainty.scoring_target(simulated, image)[1] is None
+    assert scoring.scoring_target(simulated, image)[1] is None
 
 
 def test_heldout_views_are_scored_with_the_exact_predictive():
@@ -139,19 +140,21 @@ def test_heldout_views_are_scored_with_the_exact_predictive():
     samples = (mu + rng.normal(size=(20000, 25)) @ L.T).reshape(-1, 32, 32)
     x_true = mu + L @ rng.normal(size=25)
     y = dense @ x_true + np.sqrt(s2) * rng.normal(size=dense.shape[0])
-    scores = uncertainty.heldout_view_metrics(A, y.reshape(geometry.sinogram_shape), samples, s2)
-    exact = uncertainty.uncertainty_metrics(y, dense @ mu, exact_std)
+    scores = scoring.heldout_view_metrics(A, y.reshape(geometry.sinogram_shape), samples, s2)
+    exact = scoring.uncertainty_metrics(y, dense @ mu, exact_std)
     assert scores["log_likelihood"] == pytest.approx(exact["log_likelihood"], abs=0.02)
     assert abs(scores["coverage_90"] - 0.9) < 0.05
-    assert uncertainty.heldout_view_metrics(A, y.reshape(geometry.sinogram_shape), samples,
+    assert scoring.heldout_view_metrics(A, y.reshape(geometry.sinogram_shape), samples,
                                             s2 / 10)["coverage_90"] < 0.75
 
 
 def test_bad_uncertainty_settings():
     for bad in (dict(method="bogus"), dict(samples=1), dict(save_samples=200),
-                dict(dropout=0.0)):
+                dict(method="mcdo", posterior=LaplaceConfig())):
         with pytest.raises(InputError):
             uncertainty.UncertaintyConfig(**bad)
+    with pytest.raises(InputError):
+        MCDOConfig(dropout=0.0)
 
 
 def test_mixture_has_the_moments_of_its_pooled_members():
@@ -219,9 +222,10 @@ def test_real_data_posteriors_are_scored_against_the_reference(scan32):
                 references={"fbp": 2 * truth, "segmentation": (truth > 0).astype(np.float32)})
     config = ReconstructConfig(dip=DIPConfig(iterations=60, **SMALL_DIP),
                                uncertainty=uncertainty.UncertaintyConfig(
-                                   samples=8, em_cycles=1, std_scale=1.5))
+                                   samples=8, std_scale=1.5,
+                                   posterior=LaplaceConfig(em_cycles=1)))
     result = reconstruct(real, config)
-    truth, mask = uncertainty.scoring_target(real, result.mean)
+    truth, mask = scoring.scoring_target(real, result.mean)
     assert 0.2 < mask.mean() < 0.9  # inside the object
     expected = metrics.z_rms(truth[mask], result.mean[mask], result.std[mask])
     assert result.metrics["z_rms_vs_reference_fbp"] == pytest.approx(expected, rel=1e-5)
@@ -237,8 +241,8 @@ def test_real_data_posteriors_are_scored_against_the_reference(scan32):
     draw = 0.05 * np.random.default_rng(7).normal(size=truth.shape).astype(np.float32)
     noisy = dataclasses.replace(real, references=real.references | {"fbp_noise": draw})
     again = reconstruct(noisy, config)
-    truth, mask = uncertainty.scoring_target(noisy, again.mean)
-    variance = uncertainty.reference_variance(noisy, again.mean)
+    truth, mask = scoring.scoring_target(noisy, again.mean)
+    variance = scoring.reference_variance(noisy, again.mean)
     both = np.sqrt(again.std ** 2 + variance)
     assert again.metrics["z_rms_vs_reference_fbp_and_its_noise"] == pytest.approx(
         metrics.z_rms(truth[mask], again.mean[mask], both[mask]), rel=1e-5)
@@ -255,10 +259,10 @@ def scan32():
 
 
 def test_mc_dropout_answers_the_posterior_interface(scan32):
-    config = uncertainty.UncertaintyConfig(method="mcdo", dropout=0.1)
-    dip = uncertainty.dip_config_for("mcdo", DIPConfig(iterations=50, **SMALL_DIP), config)
+    config = uncertainty.UncertaintyConfig(method="mcdo", posterior=MCDOConfig(dropout=0.1))
+    dip = uncertainty.dip_config_for(config, DIPConfig(iterations=50, **SMALL_DIP))
     assert dip.dropout == 0.1
-    assert uncertainty.dip_config_for("laplace", dip, config) is dip
+    assert uncertainty.dip_config_for(uncertainty.UncertaintyConfig(), dip) is dip
 
     A = make_ray_transform(scan32.geometry)
     fit = fit_dip(A, scan32.sinogram, dip, progress=False)
@@ -289,8 +293,8 @@ def test_an_ensemble_mixes_the_posteriors_of_fits_from_successive_seeds(scan32, 
     def config(seed, ensemble=1):
         return ReconstructConfig(dip=DIPConfig(iterations=60, seed=seed, **SMALL_DIP),
                                  uncertainty=uncertainty.UncertaintyConfig(
-                                     samples=8, save_samples=4, em_cycles=1, seed=seed,
-                                     ensemble=ensemble))
+                                     samples=8, save_samples=4, seed=seed,
+                                     ensemble=ensemble, posterior=LaplaceConfig(em_cycles=1)))
 
     single = [reconstruct(scan32, config(seed)) for seed in (0, 1)]
     checkpoint = tmp_path / "r.ckpt.npz"
@@ -343,12 +347,13 @@ def test_a_second_fit_of_the_same_network_reuses_the_compiled_laplace_pass(scan3
     from ctbayes.laplace import LaplaceConfig, fit_laplace
 
     A = make_ray_transform(scan32.geometry)
-    config = LaplaceConfig(em_cycles=1, samples=4, std_samples=8, precision="float32")
+    config = LaplaceConfig(prior="isotropic", em_cycles=1, em_tol=0.0, samples=4,
+                           std_samples=8, cg_tol=1e-4, precond_rank=64, precision="float32")
     fits = [fit_dip(A, scan32.sinogram, DIPConfig(iterations=20, seed=seed, **SMALL_DIP),
                     progress=False) for seed in (0, 1)]
 
     def laplace_mean(fit):
-        posterior = fit_laplace(*uncertainty.network_function(fit), A, scan32.sinogram, config)
+        posterior = fit_laplace(fit.render, fit.params, A, scan32.sinogram, config)
         posterior.sample(jax.random.key(0), 8)
         return np.asarray(posterior.mean())
 
@@ -380,7 +385,8 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
                  "--scales", "2", "--channels", "8,16", "--skip-channels", "0,4", "--samples", "16", "--save-samples", "4",
                  "--em-cycles", "2", "--figures", str(figures), "--no-progress"]) == 0
     result = read_result(out)
-    assert result.settings["uncertainty_method"] == "laplace"
+    assert result.settings["uncertainty"]["method"] == "laplace"
+    assert result.settings["uncertainty"]["posterior"]["em_cycles"] == 2
     assert result.settings["uncertainty_precision_used"] in ("float32", "float64")
     assert result.settings["uncertainty_em_cycles_run"] == 2  # never stops after one
     assert result.std.shape == (32, 32) and np.all(np.isfinite(result.std))
@@ -402,7 +408,8 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     # sqrt((scale std)^2 + (edge |grad mean|)^2); reconstructing with them gives exactly that
     # std map, samples whose deviations are the scaled ones plus edge noise, and calibrate
     # undoes them to find the same pair again
-    from ctbayes.calibration import calibrated_std, edge_strength
+    from ctbayes.calibration import calibrated_std
+    from ctbayes.metrics import edge_strength
 
     truth = read_scan(scan_path).ground_truth
 
@@ -437,8 +444,8 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
         np.testing.assert_allclose(extra, 0, atol=1e-5)
     assert again.metrics["log_likelihood"] == pytest.approx(best - 0.5 * np.log(2 * np.pi),
                                                             rel=1e-4)
-    assert again.settings["uncertainty_std_scale"] == scale
-    assert again.settings["uncertainty_edge_std"] == edge
+    assert again.settings["uncertainty"]["std_scale"] == scale
+    assert again.settings["uncertainty"]["edge_std"] == edge
     capsys.readouterr()
     assert main(["calibrate", str(scaled), str(out)]) == 0  # both unscaled: the same pair
     printed = capsys.readouterr().out
@@ -458,7 +465,8 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     (tmp_path / "moved.h5").rename(scan_path)
     # a scale belongs to one posterior: a single fit's and an ensemble's are not pooled
     mixed = tmp_path / "ensemble.h5"
-    write_result(dataclasses.replace(result, settings=result.settings | {"uncertainty_ensemble": 3}), mixed)
+    write_result(dataclasses.replace(result, settings=result.settings | {
+        "uncertainty": result.settings["uncertainty"] | {"ensemble": 3}}), mixed)
     assert main(["calibrate", str(out), str(mixed)]) == 2
     err = capsys.readouterr().err
     assert "different posteriors" in err and "--ensemble 3" in err and "Traceback" not in err
@@ -476,7 +484,7 @@ def test_cli_writes_std_samples_hyperparameters_and_figures(tmp_path, capsys):
     assert main(["reconstruct", str(scan_path), "-o", str(tmp_path / "bad.h5"),
                  "--em-tol", "-1", "--no-progress"]) != 0
     err = capsys.readouterr().err
-    assert "EM tolerance" in err and "Traceback" not in err
+    assert "em_tol must be >= 0" in err and "Traceback" not in err
     assert not (tmp_path / "bad.h5").exists()
 
 
@@ -484,7 +492,7 @@ def test_cli_edge_features_learn_an_edge_variance_and_widen_the_std_at_edges(tmp
     """`--edge-features`: the EM learns the edge group's variance (stored with the other
     hyperparameters), the DIP image is unchanged, the std grows more at the image's edges
     than in its flat regions, and calibrate keeps such results apart from plain ones."""
-    from ctbayes.calibration import edge_strength
+    from ctbayes.metrics import edge_strength
 
     scan_path = tmp_path / "sim.h5"
     assert main(["simulate", str(scan_path), "--phantom", "rectangles", "--size", "32",
@@ -495,7 +503,7 @@ def test_cli_edge_features_learn_an_edge_variance_and_widen_the_std_at_edges(tmp
     assert main(["reconstruct", str(scan_path), "-o", str(plain)] + common) == 0
     assert main(["reconstruct", str(scan_path), "-o", str(edged), "--edge-features"] + common) == 0
     without, with_edges = read_result(plain), read_result(edged)
-    assert with_edges.settings["uncertainty_edge_features"] is True
+    assert with_edges.settings["uncertainty"]["posterior"]["edge_features"] is True
     assert "prior_variance_edge" not in without.hyperparameters
     assert with_edges.hyperparameters["prior_variance_edge"] > 0
     np.testing.assert_allclose(with_edges.mean, without.mean, atol=1e-6)
@@ -518,7 +526,7 @@ def test_laplace_is_calibrated_and_beats_mcdo_and_a_constant_std():
     and the best constant std."""
     scan = read_scan(ROOT / "scans" / "shepp_logan_64_parallel.h5")
     laplace = reconstruct(scan, ReconstructConfig(uncertainty=uncertainty.UncertaintyConfig(
-        samples=64, em_cycles=4)), progress=False).metrics
+        samples=64, posterior=LaplaceConfig(em_cycles=4))), progress=False).metrics
     mcdo = reconstruct(scan, ReconstructConfig(uncertainty=uncertainty.UncertaintyConfig(
         method="mcdo", samples=64)), progress=False).metrics
     print({k: round(laplace[k], 3) for k in ("log_likelihood", "log_likelihood_constant_std",
@@ -565,13 +573,13 @@ def test_edge_features_bring_real_data_closer_to_calibration():
     scan = full.subset(np.arange(0, full.geometry.num_views, 12))
     A = make_ray_transform(scan.geometry)
     fit = fit_dip(A, scan.sinogram, DIPConfig(), progress=False)
-    truth, mask = uncertainty.scoring_target(scan, np.asarray(fit.image))
+    truth, mask = scoring.scoring_target(scan, np.asarray(fit.image))
     scores = {}
     for edges in (False, True):
-        config = uncertainty.UncertaintyConfig(edge_features=edges)
+        config = uncertainty.UncertaintyConfig(posterior=LaplaceConfig(edge_features=edges))
         posterior, learned = uncertainty.image_posterior(fit, A, scan.sinogram, config)
         summary = uncertainty.summarise(posterior, config)
-        scores[edges] = uncertainty.uncertainty_metrics(truth, summary.mean, summary.std,
+        scores[edges] = scoring.uncertainty_metrics(truth, summary.mean, summary.std,
                                                         mask=mask)
     print(learned, {k: (round(scores[False][k], 3), round(scores[True][k], 3))
                     for k in ("log_likelihood", "z_rms", "coverage_90")})

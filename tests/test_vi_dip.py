@@ -1,4 +1,4 @@
-"""The mean-field variational posterior over DIP weights (`ctbayes.vi.dip`)."""
+"""The mean-field variational posterior over DIP weights (`ctbayes.posteriors.mfvi`)."""
 
 import dataclasses
 
@@ -11,9 +11,9 @@ from ctbayes.dip.fit import DIPConfig, fit_dip
 from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
 from ctbayes.phantoms import shepp_logan
-from ctbayes.posterior import ImagePosterior
+from ctbayes.posteriors.base import ImagePosterior
 from ctbayes.simulate import default_geometry
-from ctbayes.vi.dip import MFVIConfig, fit_mfvi, mfvi_posterior
+from ctbayes.posteriors.mfvi import MFVIConfig, fit_mfvi, mfvi_posterior
 
 SMALL_DIP = DIPConfig(iterations=150, channels=(8, 16, 16), skip_channels=(0, 2, 2),
                       warm_start=False, chunk=50)

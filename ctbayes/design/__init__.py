@@ -8,18 +8,16 @@ predictive samples; the chosen angles are measured and the posterior is updated.
 Modules, one concept each: `masked` (the measured views as a row mask of the candidate
 operator: fixed shapes, so nothing recompiles as the design grows), `acquisition` (var,
 eig, diag-eig scores; equidistant and random baselines), `batch` (greedy batches with
-conditioning of the sample ensemble), `network` (the DIP fit and its warm-started refits),
-`linear_update` (cheap updates of the linearised model between refits), `gp_prior` (a
-Matern Gaussian-process image prior, the non-DIP comparison), `designer` (the prospective
+conditioning of the sample ensemble), `network` (the DIP fit, its warm-started refits and checkpoint arrays),
+`designer` (the prospective
 object: propose(k) / observe(angles, measurements)), `loop` (retrospective design on a dense
 scan with checkpoints and a log file), `figures` and `command` (the `ctbayes design` CLI).
 """
 
 from ctbayes.design.acquisition import ACQUISITIONS, BASELINES, STRATEGIES, equidistant_views
-from ctbayes.design.designer import AngleDesigner, DesignerConfig, laplace_factory, vi_factory
-from ctbayes.design.gp_prior import MaternPrior, gp_factory, gp_posterior
+from ctbayes.design.designer import DESIGN_POSTERIORS, AngleDesigner, DesignerConfig
 from ctbayes.design.loop import DesignRun, LoopConfig, read_log, run_design
 
-__all__ = ["ACQUISITIONS", "AngleDesigner", "BASELINES", "DesignRun", "DesignerConfig",
-           "LoopConfig", "MaternPrior", "STRATEGIES", "equidistant_views", "gp_factory",
-           "gp_posterior", "laplace_factory", "read_log", "run_design", "vi_factory"]
+__all__ = ["ACQUISITIONS", "AngleDesigner", "BASELINES", "DESIGN_POSTERIORS", "DesignRun",
+           "DesignerConfig", "LoopConfig", "STRATEGIES", "equidistant_views", "read_log",
+           "run_design"]

@@ -30,6 +30,7 @@ STRATEGIES = ACQUISITIONS + BASELINES
 
 
 def check_strategy(name: str) -> str:
+    """The name, if it is one of STRATEGIES; else InputError."""
     if name not in STRATEGIES:
         raise InputError(f"Unknown acquisition {name!r}; expected one of {', '.join(STRATEGIES)}.")
     return name

@@ -4,18 +4,18 @@ A scanner or simulator drives it: it proposes the next angles among fixed candid
 what they measured, and keeps a reconstruction and a posterior over the image up to date:
 
 - the first observation fits a DIP network (`network.first_fit`, warm-started on the FBP of
-  the measured views) and builds the base posterior with the factory (linearised Laplace by
-  default, which learns its hyperparameters by EM on the genuine subset operator);
-- every later observation updates the posterior cheaply (`linear_update`: the same
-  hyperparameters, the linear model grown by the new rows) and, with reconstruction "dip",
-  refits the network briefly from its previous parameters;
+  the measured views) and builds the base posterior through the registry
+  (`ctbayes.posteriors.registry`; linearised Laplace by default, which learns its
+  hyperparameters by EM on the genuine subset operator);
+- every later observation updates the posterior cheaply where the posterior offers it
+  (`with_data`: Laplace keeps its hyperparameters and grows the linear model by the new
+  rows; the GP conditions on them) and, with reconstruction "dip", refits the network
+  briefly from its previous parameters (`dip.refit`); a posterior without a cheap update
+  (the VI ones) is built again on all measured views;
 - every `refit_every` acquired views the posterior is relinearised at the refitted network
-  (and, with refit_hyper, rebuilt by the factory, i.e. hyperparameters refitted).
+  (and, with refit_hyper, built again, i.e. hyperparameters refitted).
 
-Any factory (fit, A, y) -> ImagePosterior works (`ctbayes.posterior.ImagePosterior`):
-`laplace_factory`, `vi_factory` (mean-field or score-based VI over the DIP weights) or
-`gp_prior.gp_factory`; one with `needs_fit = False` (the GP prior) gets fit None. The
-measured operator is the candidate operator with a row mask (`masked`), so nothing
+The measured operator is the candidate operator with a row mask (`masked`), so nothing
 recompiles as views arrive.
 """
 
@@ -23,18 +23,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import numpy as np
 
-from ctbayes.design import acquisition, batch, linear_update, network
+from ctbayes.design import acquisition, batch, network
 from ctbayes.design.masked import masked
 from ctbayes.dip.fit import DIPConfig
 from ctbayes.errors import InputError
+from ctbayes.laplace import LaplaceConfig
 from ctbayes.operators import make_ray_transform
-from ctbayes.uncertainty import UncertaintyConfig, image_posterior
+from ctbayes.posteriors import registry
+from ctbayes.posteriors.score_vi import ScoreVIConfig
 
 RECONSTRUCTIONS = ("dip", "mean")
+# The design's own choices where they differ from a method's defaults. Laplace: the
+# preconditioner is rebuilt at every step (the measured rows change) for only a few samples,
+# so a smaller rank, and a fixed number of EM cycles. Score-VI: every view in each step.
+DESIGN_POSTERIORS = {
+    registry.Method.LAPLACE: LaplaceConfig(em_cycles=3, em_tol=0.0, precond_rank=256,
+                                           precision="float32"),
+    registry.Method.SCORE_VI: ScoreVIConfig(view_groups=1),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +60,13 @@ class DesignerConfig:
       refit_every views).
     dip: settings of the first fit; refit_lr: learning rate of the refits (None: dip.lr).
       A tenth of the first fit's: each refit starts Adam afresh, whose first steps move
-      every weight by about the learning rate, and at 1e-2 a converged 64x64 U-Net did not
-      get back below its starting loss in 200 steps (so `keep="best"` kept the old image:
-      26.7 -> 26.8 dB after 10 new views, 31.2 dB with 1e-3; tests/test_design.py).
-    noise_variance: for the scores when the posterior has none (None: the mean squared
-      residual of the reconstruction on the measured rows).
+      every weight by about the learning rate, so at the first fit's rate a converged
+      network does not get back below its starting loss in a short refit.
+    noise_variance: the data's known noise variance: for the posteriors that take one (the
+      GP prior) and for the scores when the posterior has none (None: fitted, or the mean
+      squared residual of the reconstruction on the measured rows).
+    posterior: the posterior method (`registry.Method`). posterior_config: its settings
+      (None: `DESIGN_POSTERIORS`' or the method's defaults).
     backend: ray-transform backend of the candidate operator. seed: sample keys, random picks.
     """
 
@@ -68,8 +81,17 @@ class DesignerConfig:
     noise_variance: float | None = None
     backend: str = "auto"
     seed: int = 0
+    posterior: str = "laplace"
+    posterior_config: Any = None
 
     def __post_init__(self):
+        method = registry.method(self.posterior)
+        chosen = self.posterior_config
+        if isinstance(chosen, dict):  # read back from a log's nested JSON
+            chosen = registry.config_from_dict(method, chosen)
+        if chosen is None:
+            chosen = DESIGN_POSTERIORS.get(method)
+        object.__setattr__(self, "posterior_config", registry.settings(method, chosen))
         acquisition.check_strategy(self.acquisition)
         if self.reconstruction not in RECONSTRUCTIONS:
             raise InputError(f"Unknown reconstruction {self.reconstruction!r}; expected dip or mean.")
@@ -80,52 +102,13 @@ class DesignerConfig:
 
     @property
     def adaptive(self) -> bool:
+        """Whether the strategy scores candidates with the posterior."""
         return self.acquisition in acquisition.ACQUISITIONS
 
-
-def laplace_factory(config=None):
-    """The default posterior factory: linearised Laplace (`fit_laplace`) of the DIP fit."""
-    from ctbayes.laplace import LaplaceConfig, fit_laplace
-
-    # The Matern filter prior, as in the CLI: on 64x64 rectangles (5 views per step) its `eig`
-    # led equidistant at every budget and reached its 40-view PSNR with 35 views, where the
-    # isotropic prior fell 0.16 dB behind at 40 and took twice as long (README *Benchmarks*).
-    # CG to 1e-2 as in the CLI (`UncertaintyConfig`; 1e-4 with rank 64 ran into the iteration
-    # limit), but a rank-256 Nystrom preconditioner instead of 1024: it is rebuilt at every
-    # step (the measured rows change) for only 32 samples, so its products dominate
-    config = config or LaplaceConfig(prior="matern", em_cycles=3, samples=16, cg_tol=1e-2,
-                                     precond_rank=256)
-
-    def factory(fit, A, y):
-        return fit_laplace(fit.render, fit.params, A, y, config)
-
-    factory.needs_fit = True
-    return factory
-
-
-VI_METHODS = ("mfvi", "score-vi")
-
-
-def vi_factory(method: str = "mfvi", config=None, *, samples: int = 32, seed: int = 0):
-    """A variational posterior over the DIP weights as the design backend: mean-field VI
-    (`ctbayes.vi.dip`, config an MFVIConfig) or score-based VI (`ctbayes.score_vi.dip`, a
-    ScoreVIConfig). Neither has a cheap linear update, so the designer refits it by VI on all
-    measured views at every step (and, as the number of views changes the shapes, compiles
-    it again): a comparison backend for small problems; Laplace is the fast one."""
-    if method not in VI_METHODS:
-        raise InputError(f"Unknown variational backend {method!r}; expected one of "
-                         f"{', '.join(VI_METHODS)}.")
-    settings = UncertaintyConfig(method=method, samples=max(samples, 2), seed=seed)
-    if method == "score-vi" and config is None:  # one group: every view in each step
-        from ctbayes.score_vi.dip import ScoreVIConfig
-
-        config = ScoreVIConfig(view_groups=1, moment_samples=settings.samples)
-
-    def factory(fit, A, y):
-        return image_posterior(fit, A, y, settings, method_config=config)[0]
-
-    factory.needs_fit = True
-    return factory
+    @property
+    def network(self) -> DIPConfig:
+        """The DIP settings the posterior needs (MC dropout: dropout on)."""
+        return registry.entry(self.posterior).network(self.posterior_config, self.dip)
 
 
 class AngleDesigner:
@@ -136,12 +119,10 @@ class AngleDesigner:
     geometry's units, one per angle.
     """
 
-    def __init__(self, geometry, candidate_angles=None, config: DesignerConfig = DesignerConfig(),
-                 posterior_factory=None):
+    def __init__(self, geometry, candidate_angles=None, config: DesignerConfig = DesignerConfig()):
         angles = geometry.angles_array if candidate_angles is None else np.ravel(candidate_angles)
         self.geometry = geometry.with_angles(angles)
         self.config = config
-        self.factory = posterior_factory or laplace_factory()
         self.candidates = make_ray_transform(self.geometry, config.backend)
         self.period = math.pi if geometry.beam in ("parallel", "parallel3d") else 2 * math.pi
         self.values = np.zeros(self.geometry.sinogram_shape, np.float32)
@@ -155,16 +136,19 @@ class AngleDesigner:
     # -- what is known ---------------------------------------------------------------------------
     @property
     def candidate_angles(self) -> np.ndarray:
+        """The candidate angles (radians)."""
         return self.geometry.angles_array
 
     @property
     def measured(self) -> np.ndarray:
+        """A mask over the candidates: True where measured."""
         mask = np.zeros(self.geometry.num_views, bool)
         mask[self.order] = True
         return mask
 
     @property
     def measured_angles(self) -> np.ndarray:
+        """The measured angles (radians), in the order measured."""
         return self.candidate_angles[self.order]
 
     def operator(self):
@@ -181,7 +165,14 @@ class AngleDesigner:
 
     @property
     def _needs_fit(self) -> bool:
-        return self.config.reconstruction == "dip" or getattr(self.factory, "needs_fit", True)
+        return self.config.reconstruction == "dip" or registry.entry(self.config.posterior).needs_fit
+
+    def _build(self, fit, A, y):
+        """A new posterior for y = A x from the registry."""
+        cfg = self.config
+        return registry.build(cfg.posterior, fit, A, y, cfg.posterior_config,
+                              samples=cfg.samples, seed=cfg.seed,
+                              noise_variance=cfg.noise_variance)
 
     # -- observing -------------------------------------------------------------------------------
     def views_of(self, angles) -> np.ndarray:
@@ -200,6 +191,7 @@ class AngleDesigner:
         self.observe_views(self.views_of(angles), measurements)
 
     def observe_views(self, views, measurements) -> None:
+        """Record what candidate views `views` measured, (k, detector...), and update."""
         views = np.atleast_1d(np.asarray(views, int))
         values = np.asarray(measurements, np.float32).reshape((len(views),) + self.values.shape[1:])
         if len(set(views.tolist())) != len(views) or self.measured[views].any():
@@ -230,12 +222,12 @@ class AngleDesigner:
             if self._needs_fit:
                 A, y = self.subset()
                 initial = None
-                if cfg.dip.warm_start:
+                if cfg.network.warm_start:
                     from ctbayes.operators.fbp import fbp
 
                     initial = fbp(np.asarray(y), A.geometry)
                 Am, ym = self.operator()
-                self.fit = network.first_fit(Am, ym, cfg.dip, initial_image=initial)
+                self.fit = network.first_fit(Am, ym, cfg.network, initial_image=initial)
                 self.lin_fit = self.base_fit = self.fit
             self.base_views = tuple(self.order)
             self.since_relinearised = 0
@@ -243,7 +235,8 @@ class AngleDesigner:
         relinearise = cfg.refit_every > 0 and self.since_relinearised >= cfg.refit_every
         if self.fit is not None and (cfg.reconstruction == "dip" or relinearise):
             A, y = self.operator()
-            self.fit = network.refit(self.fit, A, y, cfg.dip, cfg.refit_iterations, cfg.refit_lr)
+            self.fit = network.refit(self.fit, A, y, cfg.refit_iterations, cfg.refit_lr,
+                                     cfg.network)
         if relinearise:
             self.lin_fit = self.fit
             self.since_relinearised = 0
@@ -259,12 +252,12 @@ class AngleDesigner:
         if self._posterior is None:
             if self._base is None:
                 A, y = self.subset(self.base_views)
-                self._base = self.factory(self.base_fit, A, y)
+                self._base = self._build(self.base_fit, A, y)
             A, y = self.operator()
             params = None if self.lin_fit is None else self.lin_fit.params
-            post = linear_update.update_posterior(self._base, params, A, y)
-            if post is None:  # no cheap update: a new posterior from the factory
-                post = self.factory(self.lin_fit, *self.subset())
+            post = self._base.with_data(A, y, params)
+            if post is None:  # no cheap update: a new posterior on all measured views
+                post = self._build(self.lin_fit, *self.subset())
             self._posterior = post
         return self._posterior
 
@@ -275,7 +268,8 @@ class AngleDesigner:
         return np.asarray(self.posterior.mean(), np.float32)
 
     def noise_variance(self) -> float:
-        s2 = getattr(self.posterior, "noise_variance", None)
+        """The noise variance for the scores: the posterior's, the configured one, or the residual's."""
+        s2 = self.posterior.noise_variance
         if s2 is None:
             s2 = self.config.noise_variance
         if s2 is None:
@@ -354,10 +348,7 @@ class AngleDesigner:
         self._base = self._posterior = None
         self.fit = self.lin_fit = self.base_fit = None
         if "rest" in state:
-            graphdef, params, rest, z = network.template(self.config.dip, self.geometry.image_shape)
-            rest = network.from_leaves(rest, state["rest"])
-            render = network.make_render(graphdef, rest, z)
             for name in ("fit", "lin_fit", "base_fit"):
-                p = network.from_leaves(params, state[f"{name}/params"])
-                setattr(self, name, network.NetworkFit(np.asarray(state[f"{name}/image"]),
-                                                       graphdef, p, rest, z, render))
+                setattr(self, name, network.restored(
+                    self.config.network, self.geometry.image_shape, state["rest"],
+                    state[f"{name}/params"], state[f"{name}/image"]))

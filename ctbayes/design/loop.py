@@ -61,6 +61,7 @@ class LoopConfig:
                              f"({self.initial}) + acquire ({self.acquire}).")
 
     def to_json(self) -> str:
+        """The settings as JSON, the designer's and its posterior's nested."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
 
 
@@ -93,6 +94,7 @@ class DesignRun:
 
 
 def scan_fingerprint(scan) -> str:
+    """A hash of the scan's geometry and data: a log resumes only on the same scan."""
     return data_fingerprint(scan.geometry, scan.sinogram)[:32]
 
 
@@ -177,12 +179,11 @@ def _read_run(f, name) -> DesignRun:
 
 # -- the loop -----------------------------------------------------------------------------------
 def run_design(scan, config: LoopConfig = LoopConfig(), log=None, *, resume: bool = False,
-               posterior_factory=None, reference=None, callback=None,
+               reference=None, callback=None,
                progress: bool = False) -> DesignRun:
     """Run one strategy (config.designer.acquisition) on a dense scan; see the module docstring.
 
     reference: image for PSNR/SSIM (default: the scan's ground truth; none: NaN).
-    posterior_factory: (fit, A, y) -> ImagePosterior (default: linearised Laplace).
     callback: called with the DesignRun after every step (an exception stops the run; the
       checkpoint of the last completed step stays valid for resume).
     """
@@ -192,8 +193,7 @@ def run_design(scan, config: LoopConfig = LoopConfig(), log=None, *, resume: boo
     reference = scan.ground_truth if reference is None else np.asarray(reference, np.float32)
     log = Path(log) if log is not None else None
     fingerprint = scan_fingerprint(scan)
-    designer = AngleDesigner(scan.geometry, config=config.designer,
-                             posterior_factory=posterior_factory)
+    designer = AngleDesigner(scan.geometry, config=config.designer)
     cfg = json.loads(config.to_json())
     run = None
     if resume and log is not None and log.exists():

@@ -28,6 +28,7 @@ class MaskedRayTransform:
         self.mask = mask
 
     def tree_flatten(self):
+        """The pytree children and static data (JAX pytree protocol)."""
         return (self.base, self.mask), None
 
     @classmethod
@@ -36,10 +37,12 @@ class MaskedRayTransform:
 
     @property
     def domain_shape(self) -> tuple[int, ...]:
+        """The image shape."""
         return self.base.domain_shape
 
     @property
     def range_shape(self) -> tuple[int, ...]:
+        """The sinogram shape of all candidate views."""
         return self.base.range_shape
 
     @property
@@ -55,10 +58,12 @@ class MaskedRayTransform:
         return y * self._rows(len(self.range_shape)).astype(y.dtype)
 
     def T(self, y):  # noqa: N802 - the conventional name for the transpose
+        """The adjoint: the masked rows, then the base transform's adjoint."""
         y = jnp.asarray(y)
         return self.base.T(y * self._rows(len(self.range_shape)).astype(y.dtype))
 
     def __repr__(self):
+        """The adjoint (masked rows, then the base transform's adjoint)."""
         return f"MaskedRayTransform({int(np.sum(np.asarray(self.mask)))} of {len(self.mask)} views)"
 
 

@@ -1,7 +1,9 @@
-"""Deep-image-prior reconstruction: the U-Net and its fit to one sinogram."""
+"""Deep-image-prior reconstruction: the U-Net, its fit to one sinogram, and warm-started
+refits (the design loop's)."""
 
-from ctbayes.dip.fit import DIPConfig, DIPResult, build_network, fit_dip, image_scale, time_breakdown
+from ctbayes.dip.fit import (DIPConfig, DIPFit, DIPResult, build_network, fit_dip, image_scale,
+                             refit, time_breakdown)
 from ctbayes.dip.unet import UNet
 
-__all__ = ["DIPConfig", "DIPResult", "UNet", "build_network", "fit_dip", "image_scale",
-           "time_breakdown"]
+__all__ = ["DIPConfig", "DIPFit", "DIPResult", "UNet", "build_network", "fit_dip",
+           "image_scale", "refit", "time_breakdown"]

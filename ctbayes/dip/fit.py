@@ -7,8 +7,7 @@ The loss is the discretisation of a resolution-free functional,
 with TV the anisotropic total variation and c the mean image value of the best constant fit
 (c = <A1, y> / ||A1||^2). The data term is the relative squared residual and the TV term
 is the total variation of x/c per field-of-view width, so gamma does not depend on the units
-of y or the pixel size, and one value served 32x32 (20 views) to 128x128 (30 views) images
-(6.6 to 8.3 dB over FBP in tuning). The network output is
+of y or the pixel size, and one value serves images of different sizes. The network output is
 multiplied by c (a fixed, non-trainable variable of the U-Net), so its raw output is of order
 one whatever the units.
 
@@ -49,30 +48,28 @@ _RESUME_IRRELEVANT = ("iterations", "chunk", "checkpoint_every", "keep")
 
 @dataclasses.dataclass(frozen=True)
 class DIPConfig:
-    """Settings of a DIP fit. Defaults were tuned on a 64x64 Shepp-Logan phantom, 30 views,
-    5% noise (FBP 19.4 dB; DIP 27.9 dB mean over seeds) and fit 128x128 in a few minutes on
-    two CPU cores.
+    """Settings of a DIP fit. The defaults were tuned on simulated sparse-view scans, for
+    accuracy at a budget that fits 128x128 images in minutes on a CPU
+    (benchmarks/RESULTS.md).
 
     iterations: Adam steps on the DIP loss (after the warm start).
     lr: Adam learning rate. High because GroupNorm makes most layers scale-invariant, so the
-      effective step shrinks as weights grow; 1e-2 beat 1e-3 and 3e-3 by 1-2 dB at 2000 steps.
-    gamma: TV weight in the scale-free loss of this module (see the module docstring); 3e-5
-      beat 1e-5 and 1e-4 by about 1 dB; 0 (no TV) overfits the noise after ~1000 steps.
+      effective step shrinks as weights grow.
+    gamma: TV weight in the scale-free loss of this module (see the module docstring); 0 (no
+      TV) lets the network overfit the noise.
     scales: U-Net scales (resolutions). channels, skip_channels: per scale, an int for all
       scales or a tuple of `scales` entries; skip 0 means no skip connection at that scale
-      (the coarsest scale has none: its entry is ignored). Three scales of (16, 32, 64) were
-      as accurate as five and faster.
-    in_channels: channels of the fixed random input z (4 beat 1 by 0.7 dB; costs nothing).
+      (the coarsest scale has none: its entry is ignored).
+    in_channels: channels of the fixed random input z (a few beat one, at no cost).
     dropout: rate of the dropout layers in the up path (0: none; for MC dropout).
     seed: seeds the initial parameters, z and the dropout masks.
     warm_start: first fit the network to an initial image (the given `initial_image`, or
-      else FBP of the data) for `warm_start_iterations` steps. On by default: it cut the
-      spread over seeds and raised the mean PSNR at a fixed budget (25.97 to 27.23 dB).
+      else FBP of the data) for `warm_start_iterations` steps. On by default: it narrows the
+      spread over seeds and raises the accuracy at a fixed budget.
     keep: which image to return. "best": the parameters of lowest loss; "ema": the network at
       the exponential moving average of the parameters (decay `ema_decay`); "last": the final
-      parameters. The default "best" was the most accurate on average: Adam at this learning
-      rate makes occasional loss spikes, which "last" returns and "ema" averages in (a 6 dB
-      drop in some runs) but "best" skips. All three are network outputs, so linearisable.
+      parameters. The default "best" is the most robust: Adam at this learning rate makes
+      occasional loss spikes, which "last" returns and "ema" averages in but "best" skips. All three are network outputs, so linearisable.
       With dropout > 0, "best" compares the dropout-noisy training losses.
     chunk: Adam steps per compiled `lax.scan` call (progress and checkpoints happen between).
     checkpoint_every: iterations between checkpoints (when a checkpoint path is given).
@@ -132,13 +129,14 @@ class DIPConfig:
 
 
 @dataclasses.dataclass
-class DIPResult:
-    """The outcome of `fit_dip`.
+class DIPFit:
+    """A fitted DIP network: what `fit_dip` returns and `refit` continues.
 
-    image: the kept image (H, W); kept: which of "ema", "best", "last" it is.
+    image: the kept image (H, W).
     graphdef, params, rest: the network at the kept parameters, so that
       `nnx.merge(graphdef, params, rest)(z)` is `image` (rest holds the fixed output scale).
-    z: the network input. scale: the image scale c of the loss.
+    z: the network input. config: the settings of the fit.
+    kept: which of "ema", "best", "last" the image is. scale: the image scale c of the loss.
     loss, data_loss: per iteration, the total loss and the relative residual term.
     psnr: (k, 2) array of (iteration, PSNR of the kept image) at chunk ends, when a ground
       truth was given, else None.
@@ -148,23 +146,32 @@ class DIPResult:
     """
 
     image: np.ndarray
-    kept: str
     graphdef: nnx.GraphDef
     params: nnx.State
     rest: nnx.State
     z: jax.Array
-    scale: float
-    loss: np.ndarray
-    data_loss: np.ndarray
-    psnr: np.ndarray | None
-    images: dict[str, np.ndarray]
-    losses: dict[str, float]
-    timings: dict[str, float]
     config: DIPConfig
+    kept: str = "best"
+    scale: float = float("nan")
+    loss: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    data_loss: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    psnr: np.ndarray | None = None
+    images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    losses: dict[str, float] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def network(self) -> UNet:
         """The U-Net at the kept parameters."""
         return nnx.merge(self.graphdef, self.params, self.rest)
+
+    @property
+    def render(self):
+        """params -> image for this network (`image_function`): what the linearised model
+        and the posteriors differentiate, compiled once per network shape."""
+        return image_function(self.graphdef, self.rest, self.z)
+
+
+DIPResult = DIPFit  # the name `fit_dip`'s result had before refits shared the type
 
 
 def build_network(config: DIPConfig, image_shape, output_scale: float = 1.0):
@@ -208,8 +215,8 @@ def _unet(arch, rngs):
 def _init_state(arch, key, output_scale):
     """Initial network state: kernels N(0, 1/fan_in), biases 0, norm scales 1.
 
-    All kernels come from ONE normal draw: XLA unrolls the threefry generator per draw, and
-    the per-layer initialisers of `nnx.Conv` took 15 s to compile against 1 s for one draw.
+    All kernels come from ONE normal draw: XLA unrolls the threefry generator per draw, so
+    per-layer initialisers (`nnx.Conv`'s) compile many times slower than one draw.
     """
     state = nnx.state(nnx.eval_shape(lambda: _unet(arch, nnx.Rngs(0))))
     paths, leaves = zip(*nnx.to_flat_state(state))
@@ -301,16 +308,22 @@ def _evaluate(graphdef, params, rest, z, A, y, consts):
 
 
 # -- the fit ---------------------------------------------------------------------------------
-def _setup(A, y, config):
-    """Sinogram, image scale, loss constants, the split network and z for a fit."""
+def _loss_constants(A, y, config, lr=None):
+    """Sinogram (float32), image scale and the loss constants of a fit (learning rate lr,
+    default config.lr)."""
     y_j = jnp.asarray(y, jnp.float32)
-    shape = tuple(A.domain_shape)
     scale = image_scale(A, y_j)
     consts = dict(inv_y2=jnp.float32(1.0 / float(jnp.sum(y_j ** 2))),
-                  tv_norm=jnp.float32(1.0 / (scale * np.sqrt(np.prod(shape)))),
-                  gamma=jnp.float32(config.gamma), lr=jnp.float32(config.lr),
+                  tv_norm=jnp.float32(1.0 / (scale * np.sqrt(np.prod(A.domain_shape)))),
+                  gamma=jnp.float32(config.gamma), lr=jnp.float32(lr or config.lr),
                   ema_decay=jnp.float32(config.ema_decay), seed=jnp.uint32(config.seed))
-    model, z = build_network(config, shape, output_scale=scale)
+    return y_j, scale, consts
+
+
+def _setup(A, y, config):
+    """Sinogram, image scale, loss constants, the split network and z for a fit."""
+    y_j, scale, consts = _loss_constants(A, y, config)
+    model, z = build_network(config, tuple(A.domain_shape), output_scale=scale)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return y_j, scale, consts, graphdef, params, rest, z
 
@@ -342,11 +355,11 @@ def _initial_image(A, y, initial_image):
 
 def fit_dip(A, y, config: DIPConfig = DIPConfig(), *, initial_image=None, ground_truth=None,
             checkpoint=None, resume: bool = False, progress: bool = True,
-            callback: Callable[[int, dict], None] | None = None) -> DIPResult:
+            callback: Callable[[int, dict], None] | None = None) -> DIPFit:
     """Reconstruct an image from sinogram y = A x + noise with a deep image prior.
 
     initial_image: target of the warm start (default: FBP of y); ignored without warm start.
-    ground_truth: only for reporting PSNR (progress bar and `DIPResult.psnr`).
+    ground_truth: only for reporting PSNR (progress bar and `DIPFit.psnr`).
     checkpoint: path of a checkpoint file, written atomically every `checkpoint_every`
       iterations and when the fit is interrupted (KeyboardInterrupt or an exception from
       `callback`). resume: continue from that file if it exists (else start anew); the
@@ -440,12 +453,45 @@ def fit_dip(A, y, config: DIPConfig = DIPConfig(), *, initial_image=None, ground
     timings["total"] = time.perf_counter() - t_start + resumed_fit_seconds
     timings["iterations_per_second"] = \
         len(history) / timings["fit"] if timings["fit"] else float("nan")
-    return DIPResult(
+    return DIPFit(
         image=images[config.keep], kept=config.keep, graphdef=graphdef,
         params=candidates[config.keep], rest=rest, z=z, scale=scale,
         loss=history[:, 0].copy(), data_loss=history[:, 1].copy(),
         psnr=np.asarray(psnr_rows, np.float64).reshape(-1, 2) if ground_truth is not None else None,
         images=images, losses=losses, timings=timings, config=config)
+
+
+def refit(fit: DIPFit, A, y, iterations: int, lr: float | None = None,
+          config: DIPConfig | None = None) -> DIPFit:
+    """Continue fitting `fit` to new data y = A x for `iterations` Adam steps: a warm start
+    from its parameters with a fresh Adam state, on the same scale-free DIP + TV loss
+    (`fit_dip`), at learning rate lr (default: the config's). config: the settings (default:
+    the fit's own; the network's shape must match). Keeps config.keep's parameters, the
+    best by the last step's loss as in `fit_dip`. The design loop refits this way as views
+    arrive; with a fixed operator shape it compiles once.
+    """
+    config = config or fit.config
+    if iterations <= 0:
+        return fit
+    y_j, scale, consts = _loss_constants(A, y, config, lr)
+    carry = _initial_carry(fit.params)
+    it = 0
+    while it < iterations:
+        stop = min(it + config.chunk, iterations)
+        carry, _ = _fit_chunk(fit.graphdef, config.chunk, carry, fit.rest, fit.z, A, y_j,
+                              consts, it, stop)
+        it = stop
+    if config.keep == "last":
+        params = carry["params"]
+    else:
+        params = carry[config.keep]
+        last_loss = _evaluate(fit.graphdef, carry["params"], fit.rest, fit.z, A, y_j, consts)[0]
+        if config.keep == "best" and float(last_loss) <= float(carry["best_loss"]):
+            params = carry["params"]
+    loss, image = _evaluate(fit.graphdef, params, fit.rest, fit.z, A, y_j, consts)
+    image = np.asarray(image, np.float32)
+    return dataclasses.replace(fit, image=image, params=params, config=config, scale=scale,
+                               images={config.keep: image}, losses={config.keep: float(loss)})
 
 
 def time_breakdown(A, y, config: DIPConfig = DIPConfig(), repeats: int = 20,

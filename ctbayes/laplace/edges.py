@@ -7,7 +7,7 @@ noise and its std map misses it. Edge features add it to the model: the image be
     x(theta, u) = f(theta) + |grad f(theta)| * u,    u ~ N(0, b^2 I)  (one entry per pixel),
 
 u the displacement of each pixel's edge in pixels and |grad f| its Sobel magnitude (image
-units per pixel; `calibration.edge_strength`, held constant under differentiation). At
+units per pixel; `ctbayes.metrics.edge_strength`, held constant under differentiation). At
 u* = 0 the Jacobian is [J, diag |grad f(theta*)|]: one more prior group, "edge", whose
 variance b^2 the EM learns from the scan with MacKay's update like any other group, and
 whose samples put variance where the image has edges. The term is the same as the
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctbayes.calibration import edge_strength
+from ctbayes.metrics import edge_strength
 from ctbayes.laplace.linearise import as_partial
 from ctbayes.laplace.priors import PriorGroups
 

@@ -26,18 +26,15 @@ tests compare against (`exact.maximise_marginal_likelihood`). Each cycle uses a 
 With solver "exact" the E-step is the dense posterior and gamma is exact.
 
 Convergence: with `tol` > 0 the EM stops early, after the first cycle (from the second on)
-whose every hyperparameter moved by less than a factor exp(tol) from the cycle before. On
-the shipped 64x64 Shepp-Logan DIP, cycles 1 to 7 change the variances by at most 3.5% each
-(the Monte Carlo noise of 16-sample gammas) and all lie within 4.4% of each other, so
-further cycles buy nothing.
+whose every hyperparameter moved by less than a factor exp(tol) from the cycle before: once
+the cycles only move the variances by the Monte Carlo noise of the sampled gammas, further
+cycles buy nothing.
 
-The start: the network's residual can put s2 far below the top eigenvalue of P = A J S J^T A^T
-(on HTC2022 `ta` at 128x128, lam_max / s2 = 3e7), where float32 products with K are no longer
-positive definite and CG diverges. With CG the first E-step therefore uses s2 of at least
+The start: the network's residual can put s2 far below the top eigenvalue of P = A J S J^T A^T,
+where float32 products with K are no longer positive definite and CG diverges. With CG the first E-step therefore uses s2 of at least
 lam_max / START_CONDITION (lam_max from the Nystrom factor, no extra products); the M-steps
-then move s2 freely. Float32 is not to be trusted there at all: at the learned s2
-(lam_max / s2 about 6e6) float32 CG did not converge, so `fit_laplace` with precision "auto"
-computes such problems in float64, where the guard is not applied.
+then move s2 freely. Float32 is not to be trusted on such problems at all, so `fit_laplace`
+with precision "auto" computes them in float64, where the guard is not applied.
 """
 
 from __future__ import annotations

@@ -49,9 +49,11 @@ class DenseProblem:
 
     @property
     def num_groups(self) -> int:
+        """The number of prior groups."""
         return self.grams.shape[0]
 
     def variances(self, group_variances) -> np.ndarray:
+        """The per-parameter prior variances for the group variances v."""
         return np.asarray(group_variances, np.float64)[self.index] * self.scale
 
 

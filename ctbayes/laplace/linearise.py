@@ -33,8 +33,8 @@ def flatten(fn: Callable[[Any], jax.Array], params) -> tuple[Callable, jax.Array
     """(fn_flat, theta, unravel): fn over the flat parameter vector, theta*, and its inverse.
 
     theta is `ravel_pytree(params)`. fn_flat is a `jax.tree_util.Partial`, a pytree that jitted
-    functions take as an argument: when fn is itself a `Partial` (as `uncertainty.
-    network_function` makes it), its arrays (the DIP's input z, ...) are traced, not baked
+    functions take as an argument: when fn is itself a `Partial` (as `DIPFit.render` is),
+    its arrays (the DIP's input z, ...) are traced, not baked
     in, so a new fit of the same network (new data, parameters or z) reuses every compiled
     function; any other callable is static, compiled once per function object.
     """
@@ -171,6 +171,7 @@ class LinearModel:
     prior_mean: str = "zero"
 
     def tree_flatten(self):
+        """The pytree children and static data (JAX pytree protocol)."""
         children = (self.fn_flat, self.theta, self.A, self.y, self.prior, self.image,
                     self.offset_image, self.residual)
         return children, self.prior_mean
@@ -181,14 +182,17 @@ class LinearModel:
 
     @property
     def num_params(self) -> int:
+        """The number of linearised parameters."""
         return int(self.theta.shape[0])
 
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """The image shape (H, W)."""
         return tuple(self.image.shape)
 
     @property
     def num_data(self) -> int:
+        """The number of measurements."""
         return int(np.prod(self.y.shape))
 
     def prior_mean_weights(self) -> jax.Array:
@@ -196,6 +200,7 @@ class LinearModel:
         return jnp.zeros_like(self.theta) if self.prior_mean == "zero" else self.theta
 
     def replace(self, **changes) -> "LinearModel":
+        """A copy with the given fields replaced."""
         return dataclasses.replace(self, **changes)
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from ctbayes.kernels import matern_covariance
 from ctbayes.laplace.linearise import as_partial
 
 LENGTHSCALES = tuple(np.round(np.geomspace(0.1, 10.0, 21), 4).tolist())
@@ -42,9 +43,7 @@ def correlation(k: int, lengthscale: float) -> np.ndarray:
     """K (k^2, k^2): exp(-distance / lengthscale) between the taps of a k x k filter, in
     the row-major order of a (k, k, ...) kernel reshaped to (k^2, ...): the design's Matern
     image prior (nu 1/2, unit variance) on a k x k grid."""
-    from ctbayes.design.gp_prior import MaternPrior  # imported here: design imports laplace
-
-    return MaternPrior(float(lengthscale), 1.0, nu=0.5).covariance((k, k))
+    return matern_covariance((k, k), float(lengthscale), 1.0, nu=0.5)
 
 
 def fit_lengthscale(kernel, grid=LENGTHSCALES) -> float:

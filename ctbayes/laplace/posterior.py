@@ -33,23 +33,26 @@ PRECISIONS = ("float32", "float64", "auto")
 
 @dataclasses.dataclass(frozen=True)
 class LaplaceConfig:
-    """Settings of `fit_laplace`.
+    """Settings of `fit_laplace`: the one definition of the Laplace defaults (the solver's
+    come from `SolverOptions`); the CLI, reconstruction and the design loop derive theirs
+    from it.
 
-    prior: "isotropic" (default here; the CLI's is "matern", see `UncertaintyConfig`),
-      "per-layer", "g-prior" (`priors`) or "matern" (isotropic, with the Matern-1/2
-      correlation over the taps of conv filters, `matern`); group_depth: per-layer groups
-      by the first k path entries instead of the owning module; gprior_probes: Rademacher
-      probes for the g-prior scale (None: exact, small problems); matern_lengthscale: the
-      Matern prior's lengthscale in filter taps (None: fitted per kernel to its filters).
+    prior: "matern" (isotropic, with the Matern-1/2 correlation over the taps of conv
+      filters, `matern`: smooth filters, one variance), "isotropic", "per-layer" or
+      "g-prior" (`priors`); group_depth: per-layer groups by the first k path entries
+      instead of the owning module; gprior_probes: Rademacher probes for the g-prior scale
+      (None: exact, small problems); matern_lengthscale: the Matern prior's lengthscale in
+      filter taps (None: fitted per kernel to its filters).
     edge_features: add a per-pixel edge displacement u ~ N(0, b^2) with features
       |grad f(theta*)| as one more prior group, "edge", whose variance the EM learns
       (`edges`): variance where the image has edges, which a grid model otherwise misses.
     prior_mean: "zero" (affine model, default) or "mode" (residual model), see `LinearModel`.
     mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
-    em_cycles, samples: EM cycles (at most) and posterior samples per E-step; em_tol: stop
-      the EM once no hyperparameter moves by more than a factor exp(em_tol) in a cycle (0:
-      all cycles, `em.run_em`); std_samples: samples behind `std()`; gamma_estimator:
-      "auto", "features" or "weights" (`em`).
+    em_cycles, samples: EM cycles (at most) and posterior samples per E-step (the std is
+      drawn in batches of as many, reusing that compiled sampler); em_tol: stop the EM once
+      no hyperparameter moves by more than a factor exp(em_tol) in a cycle, about the Monte
+      Carlo noise of an E-step (0: all cycles, `em.run_em`); std_samples: samples behind
+      `std()`; gamma_estimator: "auto", "features" or "weights" (`em`).
     solver: "cg" (batched CG + Nystrom preconditioner of rank precond_rank), "sgd"
       (sample-then-optimise, sgd_iterations steps) or "exact" (dense, small problems);
       sample_batch: samples solved together per device (None: all; bounds memory, and makes
@@ -61,19 +64,19 @@ class LaplaceConfig:
     seed: used when fit_laplace gets no key.
     """
 
-    prior: str = "isotropic"
+    prior: str = "matern"
     prior_mean: str = "zero"
     mean: str = "network"
-    em_cycles: int = 6
-    em_tol: float = 0.0
-    samples: int = 32
+    em_cycles: int = 4
+    em_tol: float = 0.05
+    samples: int = 16
     std_samples: int = 128
     solver: str = "cg"
-    cg_tol: float = 1e-4
-    cg_max_iter: int = 500
-    precond_rank: int = 64
-    sgd_iterations: int = 1000
-    sample_batch: int | None = None
+    cg_tol: float = SolverOptions.cg_tol
+    cg_max_iter: int = SolverOptions.cg_max_iter
+    precond_rank: int = SolverOptions.precond_rank
+    sgd_iterations: int = SolverOptions.sgd_iterations
+    sample_batch: int | None = SolverOptions.batch_size
     gprior_probes: int | None = 64
     group_depth: int | None = None
     matern_lengthscale: float | None = None
@@ -81,7 +84,7 @@ class LaplaceConfig:
     gamma_estimator: str = "auto"
     init_prior_variance: float | None = None
     init_noise_variance: float | None = None
-    precision: str = "float32"
+    precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -94,16 +97,20 @@ class LaplaceConfig:
                                  f"of {', '.join(allowed)}.")
         for name in ("samples", "std_samples", "cg_max_iter", "sgd_iterations", "sample_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(f"LaplaceConfig.{name} must be at least 1.")
-        if self.em_cycles < 0 or self.precond_rank < 0 or self.cg_tol <= 0:
-            raise InputError("LaplaceConfig: em_cycles and precond_rank must be >= 0, cg_tol > 0.")
-        if not self.em_tol >= 0:
-            raise InputError("LaplaceConfig.em_tol must be >= 0.")
+                raise InputError(f"LaplaceConfig.{name} must be at least 1, got "
+                                 f"{getattr(self, name)}.")
+        for name, holds, rule in (("em_cycles", self.em_cycles >= 0, ">= 0"),
+                                  ("precond_rank", self.precond_rank >= 0, ">= 0"),
+                                  ("cg_tol", self.cg_tol > 0, "> 0"),
+                                  ("em_tol", self.em_tol >= 0, ">= 0")):
+            if not holds:
+                raise InputError(f"LaplaceConfig.{name} must be {rule}, got {getattr(self, name)}.")
         if self.matern_lengthscale is not None and not self.matern_lengthscale > 0:
             raise InputError("LaplaceConfig.matern_lengthscale must be positive.")
 
     @property
     def solver_options(self) -> SolverOptions:
+        """The solver settings as `SolverOptions`."""
         return SolverOptions("sgd" if self.solver == "sgd" else "cg", self.cg_tol,
                              self.cg_max_iter, self.precond_rank, self.sgd_iterations,
                              self.sample_batch)
@@ -178,10 +185,12 @@ class LinearisedLaplace:
     # -- hyperparameters -------------------------------------------------------------------
     @property
     def prior_variances(self) -> dict[str, float]:
+        """The learned prior variance per group."""
         return dict(zip(self.model.prior.names, np.asarray(self.hyper.prior_variances).tolist()))
 
     @property
     def noise_variance(self) -> float:
+        """The learned sinogram noise variance."""
         return float(self.hyper.noise_variance)
 
     @property
@@ -262,9 +271,8 @@ class LinearisedLaplace:
                 f"noise variance {self.noise_variance:.3g}; solver {self.config.solver})")
 
 
-# lam_max(P) / s2 at the EM start beyond which "auto" takes float64: float32 was reliable on
-# the rectangles scan at 3.4e5 (the same LL and coverage as float64, in a quarter of the time)
-# and failed on HTC2022 `ta` at 3e7
+# lam_max(P) / s2 at the EM start beyond which "auto" takes float64: between the conditions
+# where float32 CG was seen to be reliable and where it failed (benchmarks/RESULTS.md)
 FLOAT32_CONDITION = 3e6
 
 
@@ -280,9 +288,8 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
 
     Precision: a product with P = A J S J^T A^T in float32 is off by about
     eps32 * lam_max(P), so once lam_max / s2 is large enough the small eigenvalues of
-    K = P + s2 I drown in round-off: on HTC2022 `ta` at
-    128x128 (lam_max / s2 = 6e6) float32 CG ran 500 iterations without converging, and its
-    Nystrom factor had lost half of its spectrum, where float64 converged in 6. With
+    K = P + s2 I drown in round-off: float32 CG then stops converging and the Nystrom factor
+    loses much of its spectrum, where float64 converges in a few iterations. With
     precision "auto" the condition is measured at the EM start (30 power iterations) and
     the linearised model is rebuilt in float64 (parameters, data and A) when it exceeds
     FLOAT32_CONDITION; float64 products cost about twice as much on a CPU.

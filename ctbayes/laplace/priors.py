@@ -22,9 +22,8 @@ fixed per-parameter factor c_i. Four kinds:
 - "matern": one group, c_i = 1, over the white coordinates of the Matern-1/2 prior on the
   taps of conv filters (`matern`): the caller (`fit_laplace`) linearises the network in
   those coordinates, where the prior is diagonal. One shared variance, as for "isotropic":
-  with one variance per layer the EM on the shipped 64x64 Shepp-Logan U-Net spread the
-  variances over 1e-9 to 0.3, CG stopped converging and the noise variance went to 13.7
-  (simulated: 0.076).
+  with one variance per layer the EM can drive small groups' variances towards zero, which
+  stalls CG and inflates the noise variance.
 """
 
 from __future__ import annotations
@@ -86,6 +85,7 @@ class PriorGroups:
     scale: jax.Array  # (d,) c_i > 0
 
     def tree_flatten(self):
+        """The pytree children and static data (JAX pytree protocol)."""
         return (self.index, self.scale), (self.kind, self.names)
 
     @classmethod
@@ -94,13 +94,16 @@ class PriorGroups:
 
     @property
     def num_groups(self) -> int:
+        """The number of groups."""
         return len(self.names)
 
     @property
     def num_params(self) -> int:
+        """The number of parameters."""
         return int(self.index.shape[0])
 
     def sizes(self) -> np.ndarray:
+        """The number of parameters per group."""
         return np.bincount(np.asarray(self.index), minlength=self.num_groups)
 
     def variances(self, group_variances) -> jax.Array:
@@ -114,6 +117,7 @@ class PriorGroups:
         return jnp.moveaxis(out, 0, -1)
 
     def describe(self) -> str:
+        """A one-line description: kind and groups."""
         return f"{self.kind} prior, {self.num_groups} group(s), {self.num_params} parameters"
 
 

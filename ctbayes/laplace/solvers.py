@@ -52,7 +52,7 @@ def cg(apply: Callable, b: jax.Array, *, precond: Callable | None = None, tol: f
     sample's weights and image this way).
     The returned residuals: in float32 recomputed from x (one more product with K), as the
     recursion's can drift below the truth when K is ill-conditioned; in float64 the
-    recursion's own, whose drift (about eps64 * cond(K), 1e-8 on HTC2022) lies far below
+    recursion's own, whose drift (about eps64 * cond(K)) lies far below
     any tolerance, which saves that product (a seventh of a 4-iteration sample's work).
     """
     precond = precond or (lambda v: v)

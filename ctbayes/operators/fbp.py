@@ -135,8 +135,8 @@ def reference_noise_realisation(sinogram, geometry: Geometry, reference, filter:
     in the reference's units: `noise_realisation` of the residual sinogram - A reference.
 
     Removing the object first keeps it from leaking into the draw through the half data's
-    coarser angular sampling (on HTC2022 at 128x128 the split of the raw data has 14-26% more
-    variance); the reference's units are matched to ours by a least-squares scale. filter:
+    coarser angular sampling (the split of raw data holds noticeably more variance than the
+    noise alone); the reference's units are matched to ours by a least-squares scale. filter:
     the FBP filter closest to the reference's."""
     from ctbayes.metrics import fit_scale
     from ctbayes.operators import make_ray_transform

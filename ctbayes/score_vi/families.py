@@ -39,32 +39,40 @@ class DiagonalGaussian:
     dim: int
 
     def init(self, mean, std=0.1):
+        """Parameters of a q centred at `mean` with independent spread `std`."""
         return {"mean": _broadcast(mean, self.dim), "log_std": jnp.log(_broadcast(std, self.dim))}
 
     def sample(self, params, key, n):
+        """n draws (n, D) from q."""
         eps = jax.random.normal(key, (n, self.dim))
         return params["mean"] + jnp.exp(params["log_std"]) * eps
 
     def log_prob(self, params, theta):
+        """log q(theta)."""
         z = (theta - params["mean"]) * jnp.exp(-params["log_std"])
         return -0.5 * jnp.sum(z ** 2) - jnp.sum(params["log_std"]) - 0.5 * self.dim * _LOG_2PI
 
     def score(self, params, theta):
+        """The gradient of log q in theta."""
         return -(theta - params["mean"]) * jnp.exp(-2 * params["log_std"])
 
     def cross_entropy(self, old, params):
+        """-E_{q_old} log q: the part of KL(q_old || q) that depends on q."""
         var_old = jnp.exp(2 * old["log_std"])
         precision = jnp.exp(-2 * params["log_std"])
         quad = jnp.sum(precision * (var_old + (old["mean"] - params["mean"]) ** 2))
         return 0.5 * quad + jnp.sum(params["log_std"]) + 0.5 * self.dim * _LOG_2PI
 
     def variance(self, params):
+        """Per-coordinate variance (D,)."""
         return jnp.exp(2 * params["log_std"])
 
     def mean(self, params):
+        """The mean (D,)."""
         return params["mean"]
 
     def covariance(self, params):
+        """The full covariance (D, D) (small D)."""
         return jnp.diag(self.variance(params))
 
 
@@ -81,6 +89,7 @@ class LowRankGaussian:
             raise InputError(f"The low-rank Gaussian needs 1 <= rank <= dim ({self.dim}), got {self.rank}.")
 
     def init(self, mean, std=0.1, key=None):
+        """Parameters of a q centred at `mean` with independent spread `std`."""
         key = jax.random.key(0) if key is None else key
         std = _broadcast(std, self.dim)
         # A small random factor breaks the symmetry of the columns (a zero factor is a saddle).
@@ -106,20 +115,24 @@ class LowRankGaussian:
         return 2 * jnp.sum(params["log_diag"]) + 2 * jnp.sum(jnp.log(jnp.diag(chol)))
 
     def sample(self, params, key, n):
+        """n draws (n, D) from q."""
         k1, k2 = jax.random.split(key)
         eps_f = jax.random.normal(k1, (n, self.rank))
         eps_d = jax.random.normal(k2, (n, self.dim))
         return params["mean"] + eps_f @ params["factor"].T + jnp.exp(params["log_diag"]) * eps_d
 
     def log_prob(self, params, theta):
+        """log q(theta)."""
         r = theta - params["mean"]
         return -0.5 * (r @ self._precision_apply(params, r) + self._logdet(params)
                        + self.dim * _LOG_2PI)
 
     def score(self, params, theta):
+        """The gradient of log q in theta."""
         return -self._precision_apply(params, theta - params["mean"])
 
     def cross_entropy(self, old, params):
+        """-E_{q_old} log q: the part of KL(q_old || q) that depends on q."""
         # tr(P Sigma_old) = tr(F_old^T P F_old) + sum_j P_jj d_old_j^2, with diag(P) by Woodbury.
         f, inv_d, chol = self._parts(params)
         half = jax.scipy.linalg.solve_triangular(chol, (f * inv_d[:, None]).T, lower=True)
@@ -131,12 +144,15 @@ class LowRankGaussian:
                       + self.dim * _LOG_2PI)
 
     def variance(self, params):
+        """Per-coordinate variance (D,)."""
         return jnp.sum(params["factor"] ** 2, axis=1) + jnp.exp(2 * params["log_diag"])
 
     def mean(self, params):
+        """The mean (D,)."""
         return params["mean"]
 
     def covariance(self, params):
+        """The full covariance (D, D) (small D)."""
         f = params["factor"]
         return f @ f.T + jnp.diag(jnp.exp(2 * params["log_diag"]))
 
@@ -170,6 +186,7 @@ class RealNVP:
         return [rng.permutation(self.dim) for _ in range(self.layers)]
 
     def init(self, mean, std=0.1, key=None):
+        """Parameters of a q centred at `mean` with independent spread `std`."""
         key = jax.random.key(self.seed) if key is None else key
         a = self._split
         layers = []
@@ -212,13 +229,16 @@ class RealNVP:
         return x, logdet
 
     def sample(self, params, key, n):
+        """n draws (n, D) from q."""
         return self._forward(params, jax.random.normal(key, (n, self.dim)))
 
     def log_prob(self, params, theta):
+        """log q(theta)."""
         u, logdet = self._inverse(params, theta)
         return -0.5 * jnp.sum(u ** 2) - 0.5 * self.dim * _LOG_2PI - logdet
 
     def score(self, params, theta):
+        """The gradient of log q in theta."""
         return jax.grad(lambda t: self.log_prob(params, t))(theta)
 
     cross_entropy = None  # estimated from the samples of the previous q
@@ -228,10 +248,12 @@ class RealNVP:
         return jnp.exp(2 * params["log_scale"])
 
     def variance(self, params, key=None, n=256):
+        """Per-coordinate variance (D,), a Monte Carlo estimate from n draws."""
         key = jax.random.key(self.seed + 1) if key is None else key
         return jnp.var(self.sample(params, key, n), axis=0)
 
     def mean(self, params, key=None, n=256):
+        """The mean (D,), a Monte Carlo estimate from n draws."""
         key = jax.random.key(self.seed + 1) if key is None else key
         return jnp.mean(self.sample(params, key, n), axis=0)
 

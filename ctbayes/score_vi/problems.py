@@ -37,10 +37,12 @@ class Problem:
     batch_size: int
 
     def target(self, seed: int = 0):
+        """The problem's posterior as a score-VI `Target`."""
         return numpyro_target(self.model, self.x_train, self.y_train, self.batch_size, seed)
 
 
 def mlp_forward(params, x, layers: int):
+    """The MLP's outputs for inputs x under the weights `params` (`layers` layers)."""
     h = x
     for i in range(layers):
         h = h @ params[f"w{i}"] + params[f"b{i}"]
@@ -144,6 +146,7 @@ class LinearRegression:
     prior: float
 
     def model(self, x, y=None):
+        """The NumPyro model of the regression."""
         w = numpyro.sample("w", dist.Normal(0.0, self.prior).expand([x.shape[1]]).to_event(1))
         with numpyro.plate("data", x.shape[0]):
             numpyro.sample("obs", dist.Normal(x @ w, self.noise), obs=y)
@@ -155,6 +158,7 @@ class LinearRegression:
         return cov @ self.x.T @ self.y / self.noise ** 2, cov
 
     def target(self, batch_size: int | None = None, seed: int = 0):
+        """The exact posterior's log density as a score-VI `Target`."""
         return numpyro_target(self.model, self.x, self.y, batch_size, seed)
 
 

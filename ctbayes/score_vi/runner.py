@@ -44,6 +44,7 @@ class VIRun:
     setup_seconds: float = 0.0
 
     def sample(self, key, n: int):
+        """n draws from the fitted q."""
         return self.method.sample(self.state, key, n)
 
 

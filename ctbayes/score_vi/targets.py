@@ -60,6 +60,7 @@ class Target:
 
     @property
     def n_data(self) -> int:
+        """The number of data points the log density sums over."""
         return 0 if self.x is None else int(self.x.shape[0])
 
     def batch(self, key):

@@ -1,11 +1,11 @@
-"""Bayesian neural networks by stochastic variational inference (NumPyro + Flax NNX), and a
-mean-field variational posterior over deep-image-prior weights.
+"""Bayesian neural networks by stochastic variational inference (NumPyro + Flax NNX): a
+general library, free of CT (the DIP posterior built on it is `ctbayes.posteriors.mfvi`).
 
 NumPyro supplies the model language, the autoguides, the ELBOs and `SVI.init`/`SVI.update`;
 this package adds what it lacks: name-based priors for any `flax.nnx` module (`bnn`), a
 training loop compiled in chunks with validation, early stopping and best-parameter restore
 (`train`), a memory-bounded batched predictive (`predict`), calibration metrics
-(`calibration`), small data sets (`datasets`) and the DIP posterior (`dip`).
+(`calibration`) and small data sets (`datasets`).
 """
 
 from __future__ import annotations

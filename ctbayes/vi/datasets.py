@@ -26,6 +26,7 @@ class Split:
 
     @property
     def classes(self) -> int:
+        """The number of classes."""
         return int(max(self.y_train.max(), self.y_val.max(), self.y_test.max())) + 1
 
 

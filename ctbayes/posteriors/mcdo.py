@@ -8,13 +8,37 @@ std are Monte Carlo estimates from `moment_samples` passes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 from flax import nnx
 
 from ctbayes.errors import InputError
-from ctbayes.posterior import sample_moments
+from ctbayes.posteriors.base import PosteriorBase, sample_moments
+
+
+@dataclasses.dataclass(frozen=True)
+class MCDOConfig:
+    """Settings of MC dropout.
+
+    dropout: the dropout rate of the DIP fit (in the U-Net's up path). Laves et al. use 0.1 on
+      much larger networks; a smaller rate keeps the dropout fit close to the plain DIP.
+    batch: forward passes evaluated together (bounds memory).
+    """
+
+    dropout: float = 0.05
+    batch: int = 16
+
+    def __post_init__(self):
+        if not 0 < self.dropout < 1:
+            raise InputError(f"The dropout rate must lie in (0, 1), got {self.dropout}.")
+        if self.batch < 1:
+            raise InputError(f"MCDOConfig.batch must be at least 1, got {self.batch}.")
+
+    def network(self, dip):
+        """The DIP settings MC dropout needs: dropout on at this rate."""
+        return dataclasses.replace(dip, dropout=self.dropout)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "batch"))
@@ -25,14 +49,14 @@ def _dropout_images(graphdef, batch, params, rest, z, keys):
     return jax.lax.map(one, keys, batch_size=batch)
 
 
-class MCDropoutPosterior:
+class MCDropoutPosterior(PosteriorBase):
     """The image distribution of a dropout DIP under random dropout masks (`ImagePosterior`).
 
-    fit: a `DIPResult` of a fit with dropout > 0. moment_samples: passes behind mean() and
+    fit: a `DIPFit` of a fit with dropout > 0. moment_samples: passes behind mean() and
     std(). batch: passes evaluated together (bounds memory).
     """
 
-    mean_is_sample_average = True  # mean() is the MC average (`ctbayes.posterior`)
+    mean_is_sample_average = True  # mean() is the MC average of moment_samples passes
 
     def __init__(self, fit, moment_samples: int = 128, seed: int = 0, batch: int = 16):
         if fit.config.dropout <= 0:
@@ -49,6 +73,10 @@ class MCDropoutPosterior:
         out = _dropout_images(self.fit.graphdef, min(self.batch, n), self.fit.params,
                               self.fit.rest, self.fit.z, keys)
         return out.reshape((n,) + out.shape[-2:])
+
+    def hyperparameters(self) -> dict:
+        """The dropout rate of the fit."""
+        return {"dropout_rate": self.fit.config.dropout}
 
     def _compute_moments(self):
         if self._moments is None:
@@ -70,3 +98,10 @@ class MCDropoutPosterior:
 
     def __repr__(self):
         return f"MCDropoutPosterior(rate {self.fit.config.dropout}, {self.moment_samples} passes)"
+
+
+def build(fit, A, y, config: MCDOConfig, *, samples: int, seed: int,
+          noise_variance: float | None = None) -> MCDropoutPosterior:
+    """The registry's builder (`ctbayes.posteriors.registry`): `samples` passes behind mean()
+    and std()."""
+    return MCDropoutPosterior(fit, samples, seed, config.batch)

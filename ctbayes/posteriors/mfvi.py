@@ -32,7 +32,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ctbayes.errors import InputError
-from ctbayes.posterior import sample_moments
+from ctbayes.posteriors.base import PosteriorBase, sample_moments
 
 PRIOR_MEANS = ("fit", "zero")
 INITS = ("gauss-newton", "small")
@@ -167,7 +167,7 @@ def _run_chunk(net, lr, particles, learn_noise, prior_scale, carry, keys, arrays
     return jax.lax.scan(step, carry, keys)
 
 
-class MeanFieldPosterior:
+class MeanFieldPosterior(PosteriorBase):
     """q over the DIP weights, seen through the network as a posterior over images.
 
     mean(): the network at the variational mean (H, W). sample(key, n): images of n weight
@@ -187,9 +187,15 @@ class MeanFieldPosterior:
         self._std = None
 
     def mean(self) -> jax.Array:
+        """The network at the variational mean (H, W)."""
         return _mean_image(self._net, self._arrays, self._m)
 
+    def hyperparameters(self) -> dict:
+        """The sinogram noise variance (given, the fit's residual, or learned)."""
+        return {"noise_variance": self.noise_variance}
+
     def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """Images of n weight draws (n, H, W)."""
         n = int(n)
         if n < 1:
             raise InputError(f"The number of samples must be at least 1, got {n}.")
@@ -198,18 +204,21 @@ class MeanFieldPosterior:
                                 for k in keys])[:n]
 
     def std(self) -> jax.Array:
+        """Per-pixel std over config.std_samples draws (cached)."""
         if self._std is None:
             samples = self.sample(jax.random.key(self.config.seed + 1), self.config.std_samples)
             self._std = sample_moments(samples)[1]
         return self._std
 
     def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
+        """A_candidate applied to n image draws."""
         if tuple(A_candidate.domain_shape) != tuple(self.fit.image.shape):
             raise InputError(f"The candidate ray transform acts on images of shape "
                              f"{tuple(A_candidate.domain_shape)}, not {self.fit.image.shape}.")
         return jax.vmap(A_candidate)(self.sample(key, n))
 
     def weight_std(self):
+        """Posterior std of every weight, as a pytree like `fit.params`."""
         flat = self._arrays[1] * jnp.exp(self._r)
         sizes = np.cumsum([math.prod(s) for s in self._net.shapes])[:-1]
         pieces = [p.reshape(s) for p, s in zip(jnp.split(flat, sizes), self._net.shapes)]
@@ -218,7 +227,7 @@ class MeanFieldPosterior:
 
 def fit_mfvi(fit, A, y, config: MFVIConfig = MFVIConfig(), key: jax.Array | None = None, *,
              progress: bool = False) -> MeanFieldPosterior:
-    """Mean-field VI over the weights of the DIP fit `fit` (a `DIPResult`) of the sinogram y
+    """Mean-field VI over the weights of the DIP fit `fit` (a `DIPFit`) of the sinogram y
     under the ray transform A, initialised at the fitted weights (see the module docstring)."""
     y = jnp.asarray(y, jnp.float32)
     if y.shape != tuple(A.range_shape):
@@ -271,3 +280,9 @@ def mfvi_posterior(fit, A, y, *, samples: int = 64, seed: int = 0,
     """The CLI entry point: `fit_mfvi` with default settings, `samples` draws behind std()."""
     config = dataclasses.replace(config or MFVIConfig(), std_samples=samples, seed=seed)
     return fit_mfvi(fit, A, y, config, jax.random.key(seed), progress=progress)
+
+
+def build(fit, A, y, config: MFVIConfig, *, samples: int, seed: int,
+          noise_variance: float | None = None) -> MeanFieldPosterior:
+    """The registry's builder (`ctbayes.posteriors.registry`): `mfvi_posterior`."""
+    return mfvi_posterior(fit, A, y, samples=samples, seed=seed, config=config)

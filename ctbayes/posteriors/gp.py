@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import scipy.sparse
-from scipy.spatial.distance import cdist
 
 from ctbayes.errors import InputError
-
-NUS = (0.5, 1.5, 2.5)
+from ctbayes.kernels import NUS, matern_covariance
+from ctbayes.posteriors.base import PosteriorBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,20 +47,8 @@ class MaternPrior:
             raise InputError("The Matern lengthscale and variance must be positive.")
 
     def covariance(self, shape) -> np.ndarray:
-        rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-        points = np.column_stack([rows.ravel(), cols.ravel()]).astype(np.float64)
-        return self.variance * matern(cdist(points, points) / self.lengthscale, self.nu)
-
-
-def matern(r, nu: float) -> np.ndarray:
-    """The Matern correlation at scaled distance r for nu in 1/2, 3/2, 5/2."""
-    if nu == 0.5:
-        return np.exp(-r)
-    if nu == 1.5:
-        s = np.sqrt(3.0) * r
-        return (1.0 + s) * np.exp(-s)
-    s = np.sqrt(5.0) * r
-    return (1.0 + s + s * s / 3.0) * np.exp(-s)
+        """The prior covariance (N, N) over the pixels of an image of `shape`."""
+        return matern_covariance(shape, self.lengthscale, self.variance, self.nu)
 
 
 # -- the measured system ---------------------------------------------------------------------
@@ -99,8 +86,10 @@ def measured_system(A, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- the posterior ---------------------------------------------------------------------------
-class GaussianImagePosterior:
+class GaussianImagePosterior(PosteriorBase):
     """An exact Gaussian posterior over images: mean (N,), covariance (N, N), image shape."""
+
+    std_is_exact = True
 
     def __init__(self, mean, cov, shape, prior: MaternPrior, noise_variance: float,
                  source=None, rows=None, data=None):
@@ -115,9 +104,11 @@ class GaussianImagePosterior:
         self._latest = None  # the last posterior `with_data` made: the start of the next
 
     def mean(self) -> jax.Array:
+        """The posterior mean image (H, W)."""
         return jnp.asarray(self._mean.reshape(self.shape), jnp.float32)
 
     def std(self) -> jax.Array:
+        """The exact per-pixel posterior std (H, W)."""
         return jnp.asarray(np.sqrt(np.maximum(np.diag(self.cov), 0)).reshape(self.shape),
                            jnp.float32)
 
@@ -135,11 +126,13 @@ class GaussianImagePosterior:
         return self._root
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n exact posterior draws (n, H, W)."""
         z = np.asarray(jax.random.normal(key, (n, len(self._mean))), np.float64)
         draws = self._mean + z @ self._cholesky().T
         return jnp.asarray(draws.reshape((n,) + self.shape), jnp.float32)
 
     def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
+        """A_candidate applied to n posterior draws."""
         if tuple(A_candidate.domain_shape) != self.shape:
             raise InputError(f"The candidate operator acts on images of shape "
                              f"{tuple(A_candidate.domain_shape)}, not {self.shape}.")
@@ -152,7 +145,13 @@ class GaussianImagePosterior:
         blocks = R.reshape(views, -1, R.shape[1])
         return np.einsum("vdn,nm,vem->vde", blocks, self.cov, blocks, optimize=True)
 
-    def with_data(self, A, y) -> "GaussianImagePosterior":
+    def hyperparameters(self) -> dict:
+        """The Matern prior's lengthscale, variance and mean, and the noise variance."""
+        p = self.prior
+        return {"lengthscale": p.lengthscale, "prior_variance": p.variance,
+                "prior_mean": p.mean, "noise_variance": self.noise_variance}
+
+    def with_data(self, A, y, params=None) -> "GaussianImagePosterior":
         """The posterior of the same prior and noise for other measurements y = A x.
 
         When they extend those of the last posterior this one gave (same ray transform, the
@@ -250,20 +249,33 @@ def fit_gp_prior(A, y, noise_variance: float | None = None, nu: float = 1.5,
     return best[1], best[2]
 
 
-def gp_factory(prior: MaternPrior | None = None, noise_variance: float | None = None,
-               nu: float = 1.5):
-    """A posterior factory (fit, A, y) -> GaussianImagePosterior for the design loop.
+@dataclasses.dataclass(frozen=True)
+class GPConfig:
+    """Settings of the Matern GP image prior.
 
-    Hyperparameters not given are fitted by `fit_gp_prior` on the first data; the network fit
-    is not used (`needs_fit` is False)."""
+    prior: the Matern prior (None: fitted by `fit_gp_prior` on the first data).
+    noise_variance: of the sinogram noise (None: the scan's known one where the caller gives
+      it, else fitted with the prior). nu: the Matern smoothness of a fitted prior.
+    """
 
-    def factory(fit, A, y):
-        p, s2 = prior, noise_variance
-        if p is None:
-            p, s2 = fit_gp_prior(A, y, noise_variance, nu)
-        elif s2 is None:
-            raise InputError("gp_factory: a given prior needs its noise_variance too.")
-        return gp_posterior(A, y, p, s2)
+    prior: MaternPrior | None = None
+    noise_variance: float | None = None
+    nu: float = 1.5
 
-    factory.needs_fit = False
-    return factory
+    def __post_init__(self):
+        if isinstance(self.prior, dict):  # read back from a result file's nested JSON
+            object.__setattr__(self, "prior", MaternPrior(**self.prior))
+        if self.nu not in NUS:
+            raise InputError(f"Matern nu must be one of {NUS}, got {self.nu}.")
+        if self.prior is not None and self.noise_variance is None:
+            raise InputError("A given GP prior needs its noise_variance too.")
+
+
+def build(fit, A, y, config: GPConfig, *, samples: int, seed: int,
+          noise_variance: float | None = None) -> GaussianImagePosterior:
+    """The registry's builder (`ctbayes.posteriors.registry`): the exact posterior of the
+    given prior, or of one fitted to the data (the network fit is not used)."""
+    if config.prior is not None:
+        return gp_posterior(A, y, config.prior, config.noise_variance)
+    prior, s2 = fit_gp_prior(A, y, config.noise_variance or noise_variance, config.nu)
+    return gp_posterior(A, y, prior, s2)

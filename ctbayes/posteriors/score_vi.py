@@ -7,7 +7,7 @@ thing in every layer):
     theta ~ N(0, diag(s^2))  (per-tensor zero-mean Gaussian at the fit's weight scale),
     y | theta ~ N(A f_theta(z), sigma^2 I),  sigma = the RMS residual of the fit (or given).
 
-q is a diagonal Gaussian over u (`families.DiagonalGaussian`) started at u = 0 (the fit) with
+q is a diagonal Gaussian over u (`ctbayes.score_vi.families.DiagonalGaussian`) started at u = 0 (the fit) with
 a small spread, and fitted by proximal score matching (`proximal`). Each step's score uses one
 group of views: the views are dealt round-robin into `view_groups` groups, a step picks one
 group uniformly and scales its log likelihood by the number of groups, an unbiased estimate of
@@ -17,7 +17,7 @@ ASTRA backend the full projection is computed and the group's rows taken (correc
 The U-Net forward and backward pass dominate a step either way (see benchmarks/dip_speed.py).
 
 `score_vi_posterior(fit, A, y, config=..., seed=...)` returns a `ScoreVIImagePosterior`, which
-answers the posterior interface of `ctbayes.posterior` (mean, sample, std,
+answers the posterior interface of `ctbayes.posteriors.base` (mean, sample, std,
 predictive_samples). mean() and std() are Monte-Carlo moments of `moment_samples` draws.
 """
 
@@ -33,7 +33,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from ctbayes.errors import InputError
-from ctbayes.posterior import sample_moments
+from ctbayes.posteriors.base import PosteriorBase, sample_moments
 from ctbayes.score_vi.families import DiagonalGaussian
 from ctbayes.score_vi.proximal import ProximalConfig, proximal_score_matching
 from ctbayes.score_vi.runner import run_method
@@ -73,6 +73,7 @@ class ScoreVIConfig:
         self.proximal()  # validates the rest
 
     def proximal(self) -> ProximalConfig:
+        """The proximal score-matching settings of this config."""
         return ProximalConfig(steps=self.steps, prox=self.prox, samples=self.samples,
                               inner_steps=self.inner_steps, lr=self.lr, init_std=self.init_std)
 
@@ -128,6 +129,7 @@ class ViewGroups:
         return jnp.asarray(vals), jnp.asarray(rows), jnp.asarray(cols)
 
     def project(self, x, g):
+        """(A x) on the views of group g, padded to `rows` rows."""
         if self.sparse is not None:
             vals, rows, cols = self.sparse
             contrib = vals[g] * x.reshape(-1)[cols[g]]
@@ -135,11 +137,11 @@ class ViewGroups:
         return self.A(x).reshape(-1)[self.row_index[g]] * self.mask[g]
 
 
-class ScoreVIImagePosterior:
+class ScoreVIImagePosterior(PosteriorBase):
     """Images f_theta(z) for theta ~ q: the score-VI posterior of a DIP behind the posterior
     interface. `run` is the VI run (curve, timings); `params` the family's parameters."""
 
-    mean_is_sample_average = True  # mean() is the MC average (`ctbayes.posterior`)
+    mean_is_sample_average = True  # mean() is the MC average of moment_samples draws
 
     def __init__(self, render, family, params, to_theta, config: ScoreVIConfig, seed: int, run=None):
         self._render, self.family, self.params = render, family, params
@@ -155,6 +157,7 @@ class ScoreVIImagePosterior:
         return out.reshape((-1,) + out.shape[2:])[: u.shape[0] - pad]
 
     def sample(self, key, n: int) -> jax.Array:
+        """Images of n weight draws from q (n, H, W)."""
         if n < 1:
             raise InputError(f"The number of samples must be at least 1, got {n}.")
         return self._images(self.family.sample(self.params, key, n))
@@ -166,12 +169,15 @@ class ScoreVIImagePosterior:
         return self._moments
 
     def mean(self) -> jax.Array:
+        """The Monte Carlo mean of config.moment_samples draws (H, W)."""
         return self._moments_now()[0]
 
     def std(self) -> jax.Array:
+        """The Monte Carlo per-pixel std of those draws (H, W)."""
         return self._moments_now()[1]
 
     def predictive_samples(self, key, n: int, A_candidate) -> jax.Array:
+        """A_candidate applied to n image draws."""
         if tuple(A_candidate.domain_shape) != tuple(self.mean().shape):
             raise InputError(f"The candidate ray transform works on images of shape "
                              f"{tuple(A_candidate.domain_shape)}, not {tuple(self.mean().shape)}.")
@@ -187,7 +193,7 @@ class ScoreVIImagePosterior:
 
 def score_vi_posterior(fit, A, y, *, config: ScoreVIConfig = ScoreVIConfig(), seed: int = 0,
                        progress_chunk: int = 25) -> ScoreVIImagePosterior:
-    """Fit a score-VI posterior over the weights of the DIP `fit` (a `DIPResult`) to sinogram y."""
+    """Fit a score-VI posterior over the weights of the DIP `fit` (a `DIPFit`) to sinogram y."""
     y = np.asarray(y, np.float32)
     if y.shape != tuple(A.range_shape):
         raise InputError(f"The sinogram has shape {y.shape} but the ray transform gives "
@@ -249,3 +255,11 @@ class _GroupTarget(Target):
         groups, so the full score is their mean."""
         grad = jax.grad(self.log_density)
         return sum(grad(theta, g, None) for g in range(self.groups)) / self.groups
+
+
+def build(fit, A, y, config: ScoreVIConfig, *, samples: int, seed: int,
+          noise_variance: float | None = None) -> ScoreVIImagePosterior:
+    """The registry's builder (`ctbayes.posteriors.registry`): `score_vi_posterior` with
+    `samples` draws behind mean() and std()."""
+    chosen = dataclasses.replace(config, moment_samples=samples)
+    return score_vi_posterior(fit, A, y, config=chosen, seed=seed)

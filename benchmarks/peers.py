@@ -350,7 +350,10 @@ def gmrf_runs(case, A, sigma: float, x0, quick: bool):
     shape = tuple(A.domain_shape)
     n = int(np.prod(shape))
     geometry = cuqi.geometry.Image2D(shape)
-    model = cuqi.model.LinearModel(scipy_matrix(A), range_geometry=int(np.prod(A.range_shape)),
+    matrix = scipy_matrix(A)  # the model sees images (H, W) in Image2D's C order
+    model = cuqi.model.LinearModel(lambda x: matrix @ np.ravel(x),
+                                   lambda y: (matrix.T @ y).reshape(shape),
+                                   range_geometry=int(np.prod(A.range_shape)),
                                    domain_geometry=geometry)
     samples = 100 if quick else 1000
     out = []
@@ -380,7 +383,10 @@ def uq_rows(case, A, physics, fit, dip_wall: float, quick: bool) -> list[dict]:
     print(rows[-1], flush=True)
     sigma = float(np.sqrt(np.mean((np.asarray(A(fit.image)) - case.scan.sinogram) ** 2)))
     x0 = fbp(case.scan.sinogram, case.scan.geometry)
-    for runs in (ula_runs(case, A, physics, sigma, x0, quick), gmrf_runs(case, A, sigma, x0, quick)):
+    peers = (lambda: ula_runs(case, A, physics, sigma, x0, quick),
+             lambda: gmrf_runs(case, A, sigma, x0, quick))
+    for run_peer in peers:
+        runs = run_peer()
         for r in runs:
             print("  sweep:", r, flush=True)
         best = max(runs, key=lambda r: r["ll"] if math.isfinite(r["ll"]) else -math.inf)

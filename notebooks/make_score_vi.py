@@ -29,7 +29,7 @@ cells = [
         "    r, curves[name] = compare_methods(problems.PROBLEMS[name](), settings)\n"
         "    rows += r"),
     new_code_cell(
-        "cols = ['problem', 'method', 'test_nll', 'ece', 'train_s', 's_to_advi_nll', 'meets_target']\n"
+        "cols = ['problem', 'method', 'test_nll', 'ece', 'train_s', 's_to_level', 'speedup_vs_advi', 'meets_target']\n"
         "for row in rows:\n"
         "    print('  '.join(f'{c}={row[c]:.4g}' if isinstance(row.get(c), float) else f'{c}={row.get(c, \"\")}' for c in cols))"),
     new_markdown_cell("Test NLL against training wall time (compilation excluded):"),

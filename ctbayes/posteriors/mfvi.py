@@ -226,9 +226,13 @@ class MeanFieldPosterior(PosteriorBase):
 
 
 def fit_mfvi(fit, A, y, config: MFVIConfig = MFVIConfig(), key: jax.Array | None = None, *,
-             progress: bool = False) -> MeanFieldPosterior:
+             progress: bool = False, callback=None) -> MeanFieldPosterior:
     """Mean-field VI over the weights of the DIP fit `fit` (a `DIPFit`) of the sinogram y
-    under the ray transform A, initialised at the fitted weights (see the module docstring)."""
+    under the ray transform A, initialised at the fitted weights (see the module docstring).
+
+    callback: optional `callback(iteration, sample_images)`, called after every chunk with
+    `sample_images(key, n)` -> (n, H, W) images of the current q (e.g. to trace a held-out
+    score against time)."""
     y = jnp.asarray(y, jnp.float32)
     if y.shape != tuple(A.range_shape):
         raise InputError(f"The sinogram has shape {y.shape}; the ray transform expects "
@@ -267,6 +271,11 @@ def fit_mfvi(fit, A, y, config: MFVIConfig = MFVIConfig(), key: jax.Array | None
             history.append(np.asarray(values))
             bar.update(len(chunk_keys))
             bar.set_postfix(neg_elbo=f"{float(values[-1]):.4g}")
+            if callback is not None:
+                current = carry[0]
+                callback(start + len(chunk_keys), lambda k, n, v=current: jnp.concatenate(
+                    [_draw_batch(net, arrays, v["m"], v["r"], b)
+                     for b in jax.random.split(k, -(-n // 16) * 16).reshape(-1, 16)])[:n])
     variational = carry[0]
     history = np.concatenate(history) if history else np.zeros(0)
     if not np.all(np.isfinite(history)):

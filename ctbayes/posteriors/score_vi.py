@@ -192,8 +192,12 @@ class ScoreVIImagePosterior(PosteriorBase):
 
 
 def score_vi_posterior(fit, A, y, *, config: ScoreVIConfig = ScoreVIConfig(), seed: int = 0,
-                       progress_chunk: int = 25) -> ScoreVIImagePosterior:
-    """Fit a score-VI posterior over the weights of the DIP `fit` (a `DIPFit`) to sinogram y."""
+                       progress_chunk: int = 25, evaluate=None) -> ScoreVIImagePosterior:
+    """Fit a score-VI posterior over the weights of the DIP `fit` (a `DIPFit`) to sinogram y.
+
+    evaluate: optional `evaluate(sample_images) -> dict`, called before the first step and
+    after every `progress_chunk` steps with `sample_images(key, n)` -> (n, H, W) images of the
+    current q; its results form `run.curve` (its time is not counted as training)."""
     y = np.asarray(y, np.float32)
     if y.shape != tuple(A.range_shape):
         raise InputError(f"The sinogram has shape {y.shape} but the ray transform gives "
@@ -230,10 +234,13 @@ def score_vi_posterior(fit, A, y, *, config: ScoreVIConfig = ScoreVIConfig(), se
     family = DiagonalGaussian(target.dim)
     key = jax.random.key(seed)
     method = proximal_score_matching(target, family, config.proximal(), key=key)
+    images = jax.jit(jax.vmap(render))
+    on_chunk = None if evaluate is None else (
+        lambda sample_u: evaluate(lambda k, n: images(sample_u(k, n))))
     run = run_method(method, jax.random.fold_in(key, 1), config.steps,
-                     chunk=min(progress_chunk, config.steps))
+                     chunk=min(progress_chunk, config.steps), evaluate=on_chunk)
     run.setup_seconds = time.perf_counter() - t0 - run.compile_seconds - run.train_seconds
-    return ScoreVIImagePosterior(jax.jit(jax.vmap(render)), family, run.state[0], to_theta,
+    return ScoreVIImagePosterior(images, family, run.state[0], to_theta,
                                  config, seed, run)
 
 

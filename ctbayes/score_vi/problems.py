@@ -4,7 +4,9 @@ Each `Problem` holds a NumPyro model `model(x, y)`, standardised train/test data
 network `forward(params, x)` (logits, or the regression mean), so every method is scored on
 the same predictive. Data sets: two moons (synthetic), scikit-learn's breast_cancer and digits
 (classification) and diabetes (regression); scikit-learn is needed for all but the
-synthetic ones. Models are tanh MLPs with N(0, prior_scale^2) weights; regression adds a noise
+synthetic ones. `digits_wide` (64-160-10, 12,010 weights) and `digits_deep`
+(64-300-300-10, 112,810 weights) test the methods at the sizes score-based VI was made for.
+Models are tanh MLPs with N(0, prior_scale^2) weights; regression adds a noise
 scale sigma ~ HalfNormal(1) (a constrained site: it exercises the unconstraining transform).
 """
 
@@ -102,8 +104,10 @@ def _sklearn():
 
 
 def _problem(name, kind, x, y, hidden, batch_size, seed, test_fraction=0.3):
+    """hidden: one width, or a tuple of widths (one per hidden layer)."""
     n_out = int(y.max()) + 1 if kind == "classification" else 1
-    model, forward = bnn_model((x.shape[1], hidden, n_out), kind)
+    widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    model, forward = bnn_model((x.shape[1], *widths, n_out), kind)
     splits = _split_standardise(x, y, test_fraction, seed, kind == "regression")
     return Problem(name, kind, model, forward, *splits, min(batch_size, len(splits[0])))
 
@@ -126,6 +130,18 @@ def digits(hidden: int = 16, batch_size: int = 128, seed: int = 0):
     return _problem("digits", "classification", data.data, data.target, hidden, batch_size, seed)
 
 
+def digits_wide(hidden: int = 160, batch_size: int = 128, seed: int = 0):
+    """scikit-learn's digits with a 64-160-10 BNN classifier (12,010 weights)."""
+    data = _sklearn().load_digits()
+    return _problem("digits_wide", "classification", data.data, data.target, hidden, batch_size, seed)
+
+
+def digits_deep(hidden: tuple[int, ...] = (300, 300), batch_size: int = 128, seed: int = 0):
+    """scikit-learn's digits with a 64-300-300-10 BNN classifier (112,810 weights)."""
+    data = _sklearn().load_digits()
+    return _problem("digits_deep", "classification", data.data, data.target, hidden, batch_size, seed)
+
+
 def diabetes(hidden: int = 16, batch_size: int = 64, seed: int = 0):
     """scikit-learn's diabetes (442 x 10, regression), a 10-16-1 BNN with a learned noise scale."""
     data = _sklearn().load_diabetes()
@@ -133,7 +149,7 @@ def diabetes(hidden: int = 16, batch_size: int = 64, seed: int = 0):
 
 
 PROBLEMS = {"two_moons": two_moons, "breast_cancer": breast_cancer, "digits": digits,
-            "diabetes": diabetes}
+            "diabetes": diabetes, "digits_wide": digits_wide, "digits_deep": digits_deep}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -52,11 +52,12 @@ class Option:
 
 
 def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
-    """Add the options' flags; a bool field becomes a store_true flag."""
+    """Add the options' flags; a bool field becomes a --flag / --no-flag pair."""
     for option in options:
         default = option.default
         if isinstance(default, bool):
-            parser.add_argument(option.flag, action="store_true", help=option.help)
+            parser.add_argument(option.flag, action=argparse.BooleanOptionalAction,
+                                default=default, help=option.help)
             continue
         kind = option.type or (type(default) if default is not None else str)
         parser.add_argument(option.flag, type=kind, default=default, choices=option.choices,

@@ -113,6 +113,9 @@ OPTIONS = (
     Option("--edge-features", LaplaceConfig, "edge_features", "Laplace: add a per-pixel edge "
            "displacement whose variance the EM learns from the scan (std where the image "
            "has edges)"),
+    Option("--discrepancy", LaplaceConfig, "discrepancy", "Laplace: add a white image-space "
+           "model-discrepancy term whose variance the EM learns from the scan (error the "
+           "network's tangent space cannot make, e.g. a continuous object on a pixel grid)"),
     Option("--em-cycles", LaplaceConfig, "em_cycles", "Laplace: EM cycles (at most) for the "
            "prior and noise variances"),
     Option("--em-tol", LaplaceConfig, "em_tol", "Laplace: stop the EM once no variance moves "

@@ -46,6 +46,10 @@ class LaplaceConfig:
     edge_features: add a per-pixel edge displacement u ~ N(0, b^2) with features
       |grad f(theta*)| as one more prior group, "edge", whose variance the EM learns
       (`edges`): variance where the image has edges, which a grid model otherwise misses.
+    discrepancy: add a stationary image-space model discrepancy e ~ N(0, b^2 I), x =
+      f(theta) + e, as one more prior group, "discrepancy", whose variance the EM learns
+      (`edges`): the misfit the network's tangent space cannot explain goes to b^2 instead
+      of the noise variance, and the image prior becomes J S J^T + b^2 I.
     prior_mean: "zero" (affine model, default) or "mode" (residual model), see `LinearModel`.
     mean: the centre of the samples, "network" (f(theta*)) or "linear" (x_lin).
     em_cycles, samples: EM cycles (at most) and posterior samples per E-step (the std is
@@ -81,6 +85,7 @@ class LaplaceConfig:
     group_depth: int | None = None
     matern_lengthscale: float | None = None
     edge_features: bool = False
+    discrepancy: bool = False
     gamma_estimator: str = "auto"
     init_prior_variance: float | None = None
     init_noise_variance: float | None = None
@@ -320,6 +325,12 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
                     output_dtype=jnp.result_type(*jax.tree.leaves(params)))
 
 
+def pixel_features(config: LaplaceConfig) -> tuple[str, ...]:
+    """The per-pixel feature groups (`edges`) a config adds to the network's parameters."""
+    return tuple(name for name, on in ((edges.GROUP, config.edge_features),
+                                       (edges.DISCREPANCY, config.discrepancy)) if on)
+
+
 def _condition_at_start(model: LinearModel, init: Hyper) -> float:
     """lam_max(P) / s2 at the EM's start (power iteration, in the model's precision)."""
     return float(sampling.top_eigenvalue(model, init, jax.random.key(1)) / init.noise_variance)
@@ -334,14 +345,17 @@ def _model_and_start(fn, params, A, y, config: LaplaceConfig, key):
     group_by = priors.by_owner if config.group_depth is None else priors.by_prefix(config.group_depth)
     prior = priors.make_prior(config.prior, params, model_fn=fn, A=A, key=key,
                               probes=config.gprior_probes, group_by=group_by)
-    if config.edge_features:
-        fn, params = edges.with_edge_features(fn, params)
-        prior = edges.add_group(prior, int(np.prod(A.domain_shape)))
-        coordinates = edges.coordinates(coordinates or (lambda p: p), tuple(A.domain_shape))
+    features = pixel_features(config)
+    if features:
+        fn, params = edges.with_features(fn, params, features)
+        prior = edges.add_groups(prior, int(np.prod(A.domain_shape)), features)
+        coordinates = edges.coordinates(coordinates or (lambda p: p), tuple(A.domain_shape),
+                                        len(features))
     model = linear_model(fn, params, A, y, prior, config.prior_mean)
     init = em.initial_hyper(model)
-    if config.edge_features:
-        init = init._replace(prior_variances=edges.start_variances(prior, init.prior_variances))
+    if features:
+        init = init._replace(prior_variances=edges.start_variances(
+            prior, init.prior_variances, model.image))
     if config.init_prior_variance is not None:
         init = init._replace(
             prior_variances=jnp.full_like(init.prior_variances, config.init_prior_variance))

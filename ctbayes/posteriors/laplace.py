@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 from ctbayes.laplace import exact
 from ctbayes.laplace.linearise import linear_model
-from ctbayes.laplace.posterior import LaplaceConfig, LinearisedLaplace, fit_laplace
+from ctbayes.laplace.posterior import LaplaceConfig, LinearisedLaplace, fit_laplace, pixel_features
 from ctbayes.posteriors.base import Diagnostics, PosteriorBase
 
 __all__ = ["LaplaceConfig", "LaplacePosterior", "build", "check_problem", "engine_config",
@@ -95,12 +95,12 @@ def engine_config(config: LaplaceConfig, samples: int, seed: int) -> LaplaceConf
 
 
 def check_problem(config: LaplaceConfig, A, y, num_params: int) -> None:
-    """Refuse, before any fitting, a problem too large for the exact solver (edge features
-    add one parameter per pixel)."""
+    """Refuse, before any fitting, a problem too large for the exact solver (each per-pixel
+    feature group, `laplace.posterior.pixel_features`, adds one parameter per pixel)."""
     if config.solver == "exact":
         pixels = int(np.prod(A.domain_shape))
         exact.check_size(pixels, int(np.size(y)),
-                         num_params + (pixels if config.edge_features else 0))
+                         num_params + pixels * len(pixel_features(config)))
 
 
 def build(fit, A, y, config: LaplaceConfig, *, samples: int, seed: int,

@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--image-size", type=int, help="reconstruction grid side, same field of view")
     imp.add_argument("--row", type=int, help="detector row of a 3D Data Exchange scan (default: middle)")
     imp.add_argument("--center", type=float, help="rotation-axis detector column (default: estimated)")
+    imp.add_argument("--disc-truth", action="store_true",
+                     help="HTC2022 solid_disc: fit a homogeneous disc to the full measurement "
+                          "and store it as the ground truth")
 
     from ctbayes.design.command import add_parser as add_design_parser
 
@@ -195,7 +198,8 @@ def _import(args):
     from ctbayes.io import write_scan
     from ctbayes.io.importers import import_scan
 
-    options = {k: getattr(args, k) for k in ("every", "angle_range", "binning", "image_size", "row", "center")}
+    options = {k: getattr(args, k) for k in ("every", "angle_range", "binning", "image_size", "row", "center",
+                                           "disc_truth")}
     prepare_output_file(args.output, "scan file")
     scan = import_scan(args.source, **{k: v for k, v in options.items() if v is not None})
     write_scan(scan, args.output)

@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--edge-std", type=float, default=UncertaintyConfig.edge_std,
                      help="add an edge error of this many pixels times |grad image| to the "
                           "std map and samples (from `ctbayes calibrate`; 0: none)")
+    rec.add_argument("--calibration", type=Path, default=UncertaintyConfig.calibration,
+                     help="apply a protocol calibration file (from `ctbayes calibrate -o`); "
+                          "refused where the scan or settings do not match its protocol")
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file")
@@ -116,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="the --std-scale that calibrates std maps, from "
                                            "results of scans with a truth or reference")
     cal.add_argument("results", type=Path, nargs="+", help="result files (.ctbayes.h5)")
+    cal.add_argument("-o", "--output", type=Path,
+                     help="write the calibration with the protocol it holds for to this JSON "
+                          "file, for `reconstruct --calibration`")
+    cal.add_argument("--conformal", type=float, metavar="ALPHA",
+                     help="with -o: a split-conformal std scale whose 1-ALPHA interval has "
+                          "coverage >= 1-ALPHA over exchangeable pixels (e.g. 0.1)")
 
     sim = sub.add_parser("simulate", help="simulate a scan of a phantom, with its ground truth")
     sim.add_argument("output", type=Path)
@@ -157,9 +166,11 @@ def _reconstruct(args):
                                    solver=args.solver, edge_features=args.edge_features,
                                    dropout=args.dropout, seed=args.seed,
                                    ensemble=args.ensemble, std_scale=args.std_scale,
-                                   edge_std=args.edge_std)
+                                   edge_std=args.edge_std,
+                                   calibration=args.calibration and str(args.calibration))
                                if args.method == "dip" else UncertaintyConfig(
-                                   method="none", ensemble=args.ensemble))
+                                   method="none", ensemble=args.ensemble,
+                                   calibration=args.calibration and str(args.calibration)))
     checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
     result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
                          progress=not args.no_progress)
@@ -233,6 +244,8 @@ def _calibrate(args):
     from ctbayes.metrics import z_rms
     from ctbayes.results import read_result, recorded_scan_path
 
+    if args.output is not None or args.conformal is not None:
+        return _calibrate_protocol(args)
     results = [read_result(path) for path in args.results]
     flags = common_posterior_flags(results, [str(path) for path in args.results])
     scans = [recorded_scan_path(path) for path in args.results]
@@ -254,6 +267,25 @@ def _calibrate(args):
     print("(a scan file was not found or has no truth or reference FBP: no edge term)")
     scale = std_scale(values)
     print(f"std scale {scale:.4g}: use ctbayes reconstruct SCAN {flags} --std-scale {scale:.4g}")
+
+
+def _calibrate_protocol(args):
+    from ctbayes.protocol import learn_protocol, write_protocol
+
+    if args.output is None:
+        raise InputError("--conformal writes a protocol calibration: give its file with -o.")
+    output = prepare_output_file(args.output, "calibration file")
+    learned = learn_protocol(args.results, args.conformal)
+    for path, value in zip(args.results, learned.pop("z_rms")):
+        print(f"{path}: z_rms {value:.4g} (unscaled)")
+    write_protocol(output, **learned)
+    c = learned["calibration"]
+    detail = (f"conformal |z| quantile {c['quantile']:.4g} (coverage >= {1 - c['alpha']:.3g} for "
+              f"exchangeable pixels), std scale {c['std_scale']:.4g}"
+              if c["kind"] == "conformal" else
+              f"std scale {c['std_scale']:.4g}, edge std {c['edge_std']:.4g} px")
+    print(f"{detail} from {learned['scans']} scans, {learned['pixels']} pixels: wrote {output}; "
+          f"use ctbayes reconstruct SCAN --calibration {output}")
 
 
 def _design(args):

@@ -62,6 +62,10 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
 
     checkpoint, resume, progress: for the DIP fit (see `ctbayes.dip.fit.fit_dip`).
     """
+    if config.uncertainty.calibration is not None:  # refused before any work where it does not fit
+        from ctbayes.protocol import apply_calibration
+
+        config = apply_calibration(config, scan.geometry)
     timings = {}
     start = time.perf_counter()
     # FBP needs A once (for the residual): not worth assembling a sparse matrix for

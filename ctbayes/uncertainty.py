@@ -66,6 +66,9 @@ class UncertaintyConfig:
     edge_std: add independent Gaussian noise of std edge_std |grad mean| per pixel to the
       std map and the samples, after std_scale: the error of edges misplaced by edge_std
       pixels, which real data shows and the linear model does not (`calibration`). 0: none.
+    calibration: a protocol calibration file (`ctbayes.protocol`, from `ctbayes calibrate
+      -o`): its std scale and edge std replace std_scale and edge_std, once `reconstruct` has
+      checked that the scan and settings match the protocol it was learned for. None: none.
     ensemble: fit this many DIPs, from DIP seeds seed, seed + 1, ..., each with its own
       posterior, and report their equal-weight mixture (`mixture`; for Laplace a mixture of
       Laplace approximations, Eschenhagen et al. 2021). It costs that many times one pass;
@@ -88,6 +91,7 @@ class UncertaintyConfig:
     ensemble: int = 1
     std_scale: float = 1.0
     edge_std: float = 0.0
+    calibration: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:

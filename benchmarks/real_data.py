@@ -105,6 +105,8 @@ def extra(parser):
                         help="folder for the per-run result files (reused on a re-run)")
     parser.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated samples")
     parser.add_argument("--methods", default=",".join(METHODS), help="laplace,mcdo")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="with --cache: tabulate the runs already there, run nothing")
 
 
 def main():
@@ -112,16 +114,24 @@ def main():
     size = 64 if args.quick else 128
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
+    import jax
+
+    if args.cache:  # a re-run also skips XLA's compilation
+        jax.config.update("jax_compilation_cache_dir", str(args.cache / "xla"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    scans = {sample: load(sample, size) for sample in args.samples.split(",")}
     rows, pool = [], {}  # pool: (protocol, method) -> {sample: (truth, mask, noise, result)}
-    for sample in args.samples.split(","):
-        full = load(sample, size)
-        if full is None:
-            continue
+    # method-major order: a run cut short has whole protocols of the default posterior first
+    for method in args.methods.split(","):
         for protocol in PROTOCOLS:
-            scan = full.subset(protocol_views(full.geometry.num_views, protocol))
-            for method in args.methods.split(","):
-                result = run_one(scan, method, args.quick, args.cache,
-                                 f"{sample}_{protocol}_{method}_{size}")
+            for sample, full in scans.items():
+                if full is None:
+                    continue
+                scan = full.subset(protocol_views(full.geometry.num_views, protocol))
+                key = f"{sample}_{protocol}_{method}_{size}"
+                if args.cached_only and not (args.cache / f"{key}.h5").exists():
+                    continue
+                result = run_one(scan, method, args.quick, args.cache, key)
                 truth, mask, noise = target(scan, result.mean)
                 row = {"sample": sample, "protocol": protocol, "method": method,
                        "psnr": metrics.psnr(result.mean[mask], truth[mask]),

@@ -51,7 +51,8 @@ def geometry_protocol(geometry) -> dict:
     angles = np.degrees(np.asarray(geometry.angles_array, np.float64))
     return {"beam": geometry.beam, "det_count": int(geometry.det_count),
             "det_spacing": float(geometry.det_spacing),
-            "source_origin": None if geometry.source_origin is None else float(geometry.source_origin),
+            "source_origin": None if geometry.source_origin is None
+            else float(geometry.source_origin),
             "origin_detector": None if geometry.origin_detector is None
             else float(geometry.origin_detector),
             "image_shape": [int(s) for s in geometry.image_shape],
@@ -133,7 +134,8 @@ def read_protocol(path) -> dict:
     try:
         document = json.loads(path.read_text())
     except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file, expected a ctbayes calibration (JSON).") from None
+        raise InputError(f"{path}: not a text file, expected a ctbayes calibration "
+                         "(JSON).") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: corrupt JSON ({err.msg} at line {err.lineno}), expected a "
                          "ctbayes calibration file.") from None
@@ -148,7 +150,8 @@ def _check(document, path: Path) -> None:
         raise InputError(f"{path}: calibration format version {document.get('version')!r} is "
                          f"not supported; this ctbayes reads version {VERSION}.")
     protocol, calibration = document.get("protocol"), document.get("calibration")
-    if not isinstance(protocol, dict) or any(k not in protocol for k in GEOMETRY_KEYS + SETTING_KEYS):
+    keys = GEOMETRY_KEYS + SETTING_KEYS
+    if not isinstance(protocol, dict) or any(k not in protocol for k in keys):
         raise InputError(f"{path}: the calibration's protocol is missing or incomplete.")
     if not isinstance(calibration, dict) or calibration.get("kind") not in KINDS:
         raise InputError(f"{path}: the calibration's kind is missing or not one of "

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--image-size", type=int, help="reconstruction grid side, same field of view")
     imp.add_argument("--row", type=int, help="detector row of a 3D Data Exchange scan (default: middle)")
     imp.add_argument("--center", type=float, help="rotation-axis detector column (default: estimated)")
+    imp.add_argument("--disc-truth", action="store_true",
+                     help="HTC2022 solid_disc: fit a homogeneous disc to the full measurement "
+                          "and store it as the ground truth")
 
     from ctbayes.design.command import add_parser as add_design_parser
 
@@ -81,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "results of scans with a truth or reference",
                          formatter_class=HELP)
     cal.add_argument("results", type=Path, nargs="+", help="result files (.ctbayes.h5)")
+    cal.add_argument("-o", "--output", type=Path,
+                     help="write the calibration with the protocol it holds for to this JSON "
+                          "file, for `reconstruct --calibration`")
+    cal.add_argument("--conformal", type=float, metavar="ALPHA",
+                     help="with -o: a split-conformal std scale whose 1-ALPHA interval has "
+                          "coverage >= 1-ALPHA over exchangeable pixels (e.g. 0.1)")
 
     sim = sub.add_parser("simulate", help="simulate a scan of a phantom, with its ground truth",
                          formatter_class=HELP)
@@ -144,7 +153,8 @@ def _import(args):
     from ctbayes.io import write_scan
     from ctbayes.io.importers import import_scan
 
-    options = {k: getattr(args, k) for k in ("every", "angle_range", "binning", "image_size", "row", "center")}
+    options = {k: getattr(args, k) for k in ("every", "angle_range", "binning", "image_size", "row", "center",
+                                           "disc_truth")}
     prepare_output_file(args.output, "scan file", inputs=[args.source])
     scan = import_scan(args.source, **{k: v for k, v in options.items() if v is not None})
     write_scan(scan, args.output)
@@ -172,6 +182,8 @@ def _calibrate(args):
     from ctbayes.io.hdf5 import read_scan
     from ctbayes.results import read_result, recorded_scan_path
 
+    if args.output is not None or args.conformal is not None:
+        return _calibrate_protocol(args)
     results = [read_result(path) for path in args.results]
     scans = [recorded_scan_path(path) for path in args.results]
     found = calibrate(results, [read_scan(scan) if scan else None for scan in scans],
@@ -187,6 +199,25 @@ def _calibrate(args):
     else:
         print("(a scan file was not found or has no truth or reference FBP: no edge term)")
         print(f"std scale {found.std_scale:.4g}: {use}")
+
+
+def _calibrate_protocol(args):
+    from ctbayes.protocol import learn_protocol, write_protocol
+
+    if args.output is None:
+        raise InputError("--conformal writes a protocol calibration: give its file with -o.")
+    output = prepare_output_file(args.output, "calibration file")
+    learned = learn_protocol(args.results, args.conformal)
+    for path, value in zip(args.results, learned.pop("z_rms")):
+        print(f"{path}: z_rms {value:.4g} (unscaled)")
+    write_protocol(output, **learned)
+    c = learned["calibration"]
+    detail = (f"conformal |z| quantile {c['quantile']:.4g} (coverage >= {1 - c['alpha']:.3g} for "
+              f"exchangeable pixels), std scale {c['std_scale']:.4g}"
+              if c["kind"] == "conformal" else
+              f"std scale {c['std_scale']:.4g}, edge std {c['edge_std']:.4g} px")
+    print(f"{detail} from {learned['scans']} scans, {learned['pixels']} pixels: wrote {output}; "
+          f"use ctbayes reconstruct SCAN --calibration {output}")
 
 
 def _design(args):

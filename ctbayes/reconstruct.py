@@ -131,6 +131,9 @@ OPTIONS = (
     Option("--edge-std", UncertaintyConfig, "edge_std", "add an edge error of this many "
            "pixels times |grad image| to the std map and samples (from `ctbayes calibrate`; "
            "0: none)"),
+    Option("--calibration", UncertaintyConfig, "calibration", "apply a protocol calibration "
+           "file (from `ctbayes calibrate -o`); refused where the scan or settings do not match "
+           "its protocol", type=str),
 )
 
 
@@ -150,7 +153,8 @@ def config_from_options(values) -> ReconstructConfig:
         dip["gamma"] = top["tv_weight"]
     unc = dict(kwargs.get(UncertaintyConfig, {}))
     if method != "dip":
-        unc = {"method": NONE, "ensemble": unc.get("ensemble", 1)}
+        unc = {"method": NONE, "ensemble": unc.get("ensemble", 1),
+               "calibration": unc.get("calibration")}
     elif unc.get("method", UncertaintyConfig.method) != NONE:
         entry = registry.entry(unc.get("method", UncertaintyConfig.method))
         unc["posterior"] = entry.config(**kwargs.get(entry.config, {}))
@@ -164,6 +168,10 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
 
     checkpoint, resume, progress: for the DIP fit (see `ctbayes.dip.fit.fit_dip`).
     """
+    if config.uncertainty.calibration is not None:  # refused before any work where it does not fit
+        from ctbayes.protocol import apply_calibration
+
+        config = apply_calibration(config, scan.geometry)
     timings = {}
     start = time.perf_counter()
     # FBP needs A once (for the residual): not worth assembling a sparse matrix for

@@ -40,6 +40,9 @@ class UncertaintyConfig:
     samples: posterior samples behind the std map and the metrics.
     save_samples: how many of them go into the result file (0: none).
     seed: seeds the method's fit (EM, VI) and the samples.
+    calibration: a protocol calibration file (`ctbayes.protocol`, from `ctbayes calibrate
+      -o`): its std scale and edge std replace std_scale and edge_std, once `reconstruct` has
+      checked that the scan and settings match the protocol it was learned for. None: none.
     ensemble: fit this many DIPs, from DIP seeds seed, seed + 1, ..., each with its own
       posterior, and report their equal-weight mixture (`mixture`; for Laplace a mixture of
       Laplace approximations, Eschenhagen et al. 2021). It costs that many times one pass;
@@ -61,6 +64,7 @@ class UncertaintyConfig:
     std_scale: float = 1.0
     edge_std: float = 0.0
     posterior: Any = None
+    calibration: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -11,6 +11,7 @@ pixel at the object), the grid of the publisher's reference reconstructions.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ REFERENCES = (("_recon_fbp", "reconFullFbp", "fbp"),
 
 
 def import_htc2022(path, *, every: int = 1, angle_range=None, binning: int = 1,
-                   image_size: int = IMAGE_SIZE) -> Scan:
+                   image_size: int = IMAGE_SIZE, disc_truth: bool = False) -> Scan:
     """Import an HTC2022 measurement, with the publisher's FBP and segmentation if beside it.
 
     Sibling files `<stem>_recon_fbp.mat` (reconFullFbp) and `<stem>_recon_fbp_seg.mat`
@@ -39,6 +40,9 @@ def import_htc2022(path, *, every: int = 1, angle_range=None, binning: int = 1,
     A last view that repeats the first angle (360 = 0 degrees) is dropped. Then views are
     subsampled (every, angle_range in degrees), the detector binned and the image regridded
     to image_size (see ctbayes.io.reduce).
+    disc_truth: the object is a homogeneous disc (HTC2022 `solid_disc`): fit it to the whole
+    measurement before any views are dropped (`ctbayes.disc.fit_disc`) and store it,
+    rendered on the final image grid, as the ground truth.
     """
     path = Path(path)
     name, data = _struct(path)
@@ -89,8 +93,24 @@ def import_htc2022(path, *, every: int = 1, angle_range=None, binning: int = 1,
     except InputError as err:
         message = str(err)
         raise InputError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    disc = _fit_disc(scan, path) if disc_truth else None
     scan = subsample_views(scan, every=every, angle_range=angle_range)
-    return regrid(bin_detector(scan, binning), image_size)
+    scan = regrid(bin_detector(scan, binning), image_size)
+    if disc is None:
+        return scan
+    from ctbayes.disc import render_disc
+
+    return dataclasses.replace(scan, ground_truth=render_disc(disc, scan.geometry))
+
+
+def _fit_disc(scan: Scan, path: Path):
+    """The disc fitted to the full measurement; InputError where it is not a full scan."""
+    from ctbayes.disc import fit_disc
+
+    if scan.geometry.num_views < 3:
+        raise InputError(f"{path}: a disc truth needs the full measurement, not "
+                         f"{scan.geometry.num_views} views.")
+    return fit_disc(scan.sinogram, scan.geometry).disc
 
 
 def _reference_noise(sinogram, geometry: Geometry, reference) -> np.ndarray:

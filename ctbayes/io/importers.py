@@ -13,7 +13,7 @@ from ctbayes.scan import Scan
 
 REDUCE_OPTIONS = ("every", "angle_range", "binning", "image_size")
 OPTIONS = {
-    HTC2022_MAT: REDUCE_OPTIONS,
+    HTC2022_MAT: REDUCE_OPTIONS + ("disc_truth",),
     DXCHANGE: REDUCE_OPTIONS + ("row", "center"),
     NXTOMO: REDUCE_OPTIONS,
 }
@@ -24,17 +24,19 @@ def import_scan(src, **options) -> Scan:
 
     The format is recognised by content (a MATLAB header or .mat suffix; /exchange/data;
     /entry/instrument/detector/data). options: every, angle_range (start_deg, stop_deg),
-    binning, image_size for all formats; row and center for Data Exchange. An option given
-    as None counts as not given; one the format does not take raises InputError.
+    binning, image_size for all formats; row and center for Data Exchange; disc_truth for
+    HTC2022 (a homogeneous disc fitted as the ground truth). An option given as None (or a
+    flag given as False) counts as not given; one the format does not take raises InputError.
     """
     path = check_input_file(src, "a scan file")
     kind = scan_format(path)
-    given = {name: value for name, value in options.items() if value is not None}
-    unknown = sorted(set(options) - set(REDUCE_OPTIONS + ("row", "center")))
+    given = {name: value for name, value in options.items()
+             if value is not None and value is not False}
+    unknown = sorted(set(options) - set(REDUCE_OPTIONS + ("row", "center", "disc_truth")))
     if unknown:
         raise InputError(
             f"{path}: unknown import option {', '.join(unknown)}; the options are every, "
-            "angle_range, binning, image_size, row and center."
+            "angle_range, binning, image_size, row, center and disc_truth."
         )
     unsupported = sorted(set(given) - set(OPTIONS[kind]))
     if unsupported:

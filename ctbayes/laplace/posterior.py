@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctbayes import progress
 from ctbayes.compile_clock import stopwatch
 from ctbayes.errors import InputError
 from ctbayes.laplace import edges, em, exact, matern, priors, sampling
@@ -296,17 +297,17 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     k_prior, k_em = jax.random.split(key)
     timings = {}
     if config.precision != "float64":
-        with stopwatch(timings, "linearise"):
+        with stopwatch(timings, "linearise"), progress.phase("linearisation"):
             built = _model_and_start(fn, params, A, y, config, k_prior)
         if config.precision == "float32" or config.solver == "exact":
             return _fit(*built, config, k_em, mesh, timings=timings)
-        with stopwatch(timings, "condition"):
+        with stopwatch(timings, "condition"), progress.phase("condition number (precision)"):
             condition = _condition_at_start(*built[:2])
         if condition <= FLOAT32_CONDITION:
             return _fit(*built, config, k_em, mesh, timings=timings)
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
-        with stopwatch(timings, "linearise"):
+        with stopwatch(timings, "linearise"), progress.phase("linearisation (float64)"):
             built = _model_and_start(fn, params64, A.astype(np.float64),
                                      np.asarray(y, np.float64), config, k_prior)
         return _fit(*built, config, k_em, mesh, timings=timings,

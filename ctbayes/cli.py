@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ctbayes import __version__
+from ctbayes import __version__, progress
 from ctbayes.dip.fit import DIPConfig
 from ctbayes.errors import InputError
 from ctbayes.io.atomic import prepare_output_directory, prepare_output_file
@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--checkpoint-every", type=int, default=DIPConfig.checkpoint_every,
                      help="DIP iterations between checkpoints (OUT.ckpt.npz beside the output)")
     rec.add_argument("--resume", action="store_true", help="continue an interrupted DIP fit from its checkpoint")
-    rec.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rec.add_argument("--no-progress", action="store_true",
+                     help="no progress bars: one line per phase on stderr")
+    rec.add_argument("--memory-budget", type=float, default=UncertaintyConfig.memory_budget,
+                     help="GB the uncertainty pass may use (default: a share of the available "
+                          "memory; 0: no budget)")
     rec.add_argument("--uncertainty", default=UncertaintyConfig.method, choices=UNCERTAINTY,
                      help="per-pixel uncertainty of the DIP: linearised Laplace (default), MC "
                           "dropout, mean-field VI, score-based VI, or none")
@@ -154,10 +158,11 @@ def _reconstruct(args):
                                    solver=args.solver, edge_features=args.edge_features,
                                    dropout=args.dropout, seed=args.seed,
                                    ensemble=args.ensemble, std_scale=args.std_scale,
-                                   edge_std=args.edge_std)
+                                   edge_std=args.edge_std, memory_budget=args.memory_budget)
                                if args.method == "dip" else UncertaintyConfig(
                                    method="none", ensemble=args.ensemble))
     checkpoint = output.with_name(output.name.removesuffix(".h5") + ".ckpt.npz")
+    progress.configure("lines" if args.no_progress else "bar")
     result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
                          progress=not args.no_progress)
     write_result(result, output, scan_path=args.scan)

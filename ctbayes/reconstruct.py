@@ -14,6 +14,7 @@ from ctbayes.compile_clock import compile_seconds
 from ctbayes.dip.fit import DIPConfig, fit_dip, parameter_count
 from ctbayes.errors import InputError
 from ctbayes.operators import make_ray_transform
+from ctbayes.progress import phase as report_phase
 from ctbayes.results import Reconstruction
 from ctbayes.scan import Scan
 from ctbayes.uncertainty import (NOISY, UncertaintyConfig, dip_config_for, image_posterior,
@@ -88,9 +89,14 @@ def reconstruct(scan: Scan, config: ReconstructConfig = ReconstructConfig(), *,
             pixels = int(np.prod(A.domain_shape))  # edge features: one more per pixel
             check_size(pixels, int(np.size(scan.sinogram)), parameter_count(members[0])
                        + (pixels if config.uncertainty.edge_features else 0))
-        fits = [fit_dip(A, scan.sinogram, member, ground_truth=scan.ground_truth,
-                        checkpoint=path, resume=resume, progress=progress)
-                for member, path in zip(members, member_checkpoints(checkpoint, len(members)))]
+        if kind == "laplace" and config.uncertainty.solver != "exact":  # before the fit
+            from ctbayes.preflight import check_laplace_memory
+
+            check_laplace_memory(A, scan.sinogram, members[0], config.uncertainty)
+        with report_phase("DIP fit"):
+            fits = [fit_dip(A, scan.sinogram, member, ground_truth=scan.ground_truth,
+                            checkpoint=path, resume=resume, progress=progress)
+                    for member, path in zip(members, member_checkpoints(checkpoint, len(members)))]
         image = fits[0].image
         settings |= {f"dip_{k}": v for k, v in dataclasses.asdict(members[0]).items()}
         settings["dip_kept"] = ",".join(fit.kept for fit in fits)

@@ -66,6 +66,8 @@ class UncertaintyConfig:
     edge_std: add independent Gaussian noise of std edge_std |grad mean| per pixel to the
       std map and the samples, after std_scale: the error of edges misplaced by edge_std
       pixels, which real data shows and the linear model does not (`calibration`). 0: none.
+    memory_budget: GB the Laplace pass may use (`ctbayes.laplace.LaplaceConfig`; None: a
+      share of the memory available, 0: no budget); checked before the DIP fit.
     ensemble: fit this many DIPs, from DIP seeds seed, seed + 1, ..., each with its own
       posterior, and report their equal-weight mixture (`mixture`; for Laplace a mixture of
       Laplace approximations, Eschenhagen et al. 2021). It costs that many times one pass;
@@ -88,6 +90,7 @@ class UncertaintyConfig:
     ensemble: int = 1
     std_scale: float = 1.0
     edge_std: float = 0.0
+    memory_budget: float | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -107,6 +110,9 @@ class UncertaintyConfig:
             raise InputError(f"The std scale must be a positive number, got {self.std_scale}.")
         if not (0 <= self.edge_std < float("inf")):
             raise InputError(f"The edge std must be a number >= 0, got {self.edge_std}.")
+        if self.memory_budget is not None and not 0 <= self.memory_budget < float("inf"):
+            raise InputError(f"The memory budget must be a number of GB >= 0, got "
+                             f"{self.memory_budget}.")
         if self.ensemble < 1:
             raise InputError(f"An ensemble needs at least 1 member, got {self.ensemble}.")
 
@@ -145,7 +151,8 @@ def image_posterior(fit, A, y, config: UncertaintyConfig, method_config=None):
                                        std_samples=config.samples, seed=config.seed,
                                        cg_tol=config.cg_tol, precond_rank=config.precond_rank,
                                        precision=config.precision,
-                                       edge_features=config.edge_features)
+                                       edge_features=config.edge_features,
+                                       memory_budget=config.memory_budget)
         posterior = fit_laplace(fn, params, A, y, laplace_config)
         hyper = {f"prior_variance_{k}": v for k, v in posterior.prior_variances.items()}
         hyper["noise_variance"] = posterior.noise_variance

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ctbayes import __version__, progress
-from ctbayes.dip.fit import DIPConfig
+from ctbayes.dip.fit import NETWORKS, DIPConfig, network_preset
 from ctbayes.errors import InputError
 from ctbayes.io.atomic import prepare_output_directory, prepare_output_file
 from ctbayes.laplace.priors import PRIOR_KINDS
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--skip-channels", type=_int_tuple, default=DIPConfig.skip_channels,
                      help="U-Net skip channels: one number or one per scale (0: no skip)")
     rec.add_argument("--scales", type=int, default=DIPConfig.scales, help="U-Net scales")
+    rec.add_argument("--network", default="default", choices=sorted(NETWORKS),
+                     help="named U-Net size; large: six scales up to 128 channels (about 2.2M "
+                          "parameters, as in the published Walnut experiments), replacing "
+                          "--scales, --channels and --skip-channels")
     rec.add_argument("--seed", type=int, default=DIPConfig.seed, help="seed of the DIP (network, input z, dropout) and of the posterior (EM, samples)")
     rec.add_argument("--checkpoint-every", type=int, default=DIPConfig.checkpoint_every,
                      help="DIP iterations between checkpoints (OUT.ckpt.npz beside the output)")
@@ -148,6 +152,7 @@ def _reconstruct(args):
                     skip_channels=args.skip_channels, scales=args.scales, seed=args.seed,
                     checkpoint_every=args.checkpoint_every,
                     **({"gamma": args.tv} if args.tv is not None and args.method == "dip" else {}))
+    dip = network_preset(dip, args.network)
     config = ReconstructConfig(method=args.method, backend=args.backend, projector=args.projector,
                                fbp_filter=args.filter, fbp_frequency_scaling=args.frequency_scaling,
                                tv_weight=args.tv, tv_iterations=args.tv_iterations, dip=dip,

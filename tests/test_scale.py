@@ -170,3 +170,13 @@ def test_phases_report_lines_bars_and_listeners(capsys):
     assert err == ["ctbayes: outer ...", "ctbayes:   inner ..."]
     assert events == [("start", "outer"), ("start", "inner"), ("end", "inner"), ("end", "outer"),
                       ("start", "quiet"), ("end", "quiet")]
+
+
+def test_large_network_preset_is_the_six_scale_two_million_parameter_unet():
+    from ctbayes.dip.fit import DIPConfig, network_preset, parameter_count
+
+    large = network_preset(DIPConfig(iterations=7), "large")
+    assert large.scales == 6 and max(large.channels) == 128 and large.iterations == 7
+    assert 1.8e6 < parameter_count(large) < 2.6e6
+    with pytest.raises(InputError, match="Unknown network 'huge'"):
+        network_preset(DIPConfig(), "huge")

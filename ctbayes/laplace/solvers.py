@@ -152,17 +152,27 @@ def nystrom(apply_p: Callable, m: int, rank: int, key: jax.Array, shift, dtype=j
 
 
 def sketch_matrix(key: jax.Array, m: int, rank: int, dtype=jnp.float32) -> jax.Array:
-    """The Nystrom sketch's test matrix as rows, Omega^T (rank, m): orthonormal Gaussian rows.
+    """The Nystrom sketch's test matrix as rows, Omega^T (rank, m): Gaussian rows.
 
-    Orthonormalised by Cholesky QR (W = L Q with L L^T = W W^T) where rank <= m / 4, which
-    needs no workspace beyond the result and is accurate there: a Gaussian (rank, m) matrix
-    with rank << m has a condition number near 1 (at most 3 for rank = m / 4). Nearer to
-    square (small problems) by Householder QR."""
-    w = jax.random.normal(key, (rank, m), dtype)
+    The Nystrom approximation P Omega (Omega^T P Omega)^-1 Omega^T P depends only on the
+    range of Omega, so orthonormal rows buy nothing but the exactness of removing the
+    round-off shift nu (`nystrom_factor`), itself of the order of eps ||P||. Where
+    rank <= m / 4 the rows are Gaussian, scaled by 1 / sqrt(m) (then Omega^T Omega = I within
+    sqrt(rank / m), a condition number below 3), drawn SKETCH_DRAW_ROWS rows at a time: one
+    (rank, m) array and no more (a single draw of it held four such arrays in XLA's
+    random-number temporaries). Nearer to square (small problems) a Gaussian matrix is
+    ill-conditioned: there it is orthonormalised by Householder QR."""
     if 4 * rank > m:
-        return jnp.linalg.qr(w.T)[0].T
-    chol = jnp.linalg.cholesky(w @ w.T)
-    return jax.scipy.linalg.solve_triangular(chol, w, lower=True)
+        return jnp.linalg.qr(jax.random.normal(key, (m, rank), dtype))[0].T
+    count = -(-rank // SKETCH_DRAW_ROWS)
+    scale = np.asarray(1.0 / np.sqrt(m), dtype)
+    rows = jax.lax.map(lambda i: scale * jax.random.normal(jax.random.fold_in(key, i),
+                                                           (SKETCH_DRAW_ROWS, m), dtype),
+                       jnp.arange(count)).reshape(count * SKETCH_DRAW_ROWS, m)
+    return rows if count * SKETCH_DRAW_ROWS == rank else rows[:rank]
+
+
+SKETCH_DRAW_ROWS = 32  # test rows drawn at once (`sketch_matrix`)
 
 
 def nystrom_factor(omega_t: jax.Array, y_t: jax.Array, shift, factor_dtype=None) -> Nystrom:
@@ -183,16 +193,19 @@ def nystrom_factor(omega_t: jax.Array, y_t: jax.Array, shift, factor_dtype=None)
     dtype = y_t.dtype
     nu = np.sqrt(m) * jnp.finfo(dtype).eps * jnp.linalg.norm(y_t)
     y_t = y_t + nu * omega_t
-    core = y_t @ omega_t.T
+    core = row_products(y_t, omega_t)
     core = 0.5 * (core + core.T)
     chol = jnp.linalg.cholesky(core)
     b_t = jax.scipy.linalg.solve_triangular(chol, y_t, lower=True)  # B^T = C^-1 Y^T
     if dtype == jnp.float64:
-        sig2, vecs = jnp.linalg.eigh(b_t @ b_t.T)
+        sig2, vecs = jnp.linalg.eigh(row_products(b_t, b_t))
         sig2, vecs = sig2[::-1], vecs[:, ::-1]  # descending
         resolved = sig2 > np.sqrt(jnp.finfo(dtype).eps) * sig2[0]
         inv = jnp.where(resolved, 1.0 / jnp.sqrt(jnp.where(resolved, sig2, 1.0)), 0.0)
-        u_t = (vecs.T * inv[:, None]) @ b_t
+        # U^T in row blocks, each cast to the stored dtype as it is made
+        stored = factor_dtype or dtype
+        u_t = blocked(lambda w: (w @ b_t).astype(stored), vecs.T * inv[:, None],
+                      SKETCH_DRAW_ROWS if r % SKETCH_DRAW_ROWS == 0 else None)
     else:
         _, sig, u_t = jnp.linalg.svd(b_t, full_matrices=False)
         sig2 = sig ** 2
@@ -200,9 +213,27 @@ def nystrom_factor(omega_t: jax.Array, y_t: jax.Array, shift, factor_dtype=None)
     lam = jnp.maximum(sig2 - nu, 0.0)
     floor = jnp.min(jnp.where(resolved, lam, jnp.inf))
     lam = jnp.where(resolved, lam, floor)
-    bad = ~(jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(u_t)))  # Cholesky failed:
-    u_t = jnp.where(bad, 0.0, u_t).astype(factor_dtype or dtype)   # no preconditioning
+    bad = ~jnp.all(jnp.isfinite(lam))  # Cholesky failed: no preconditioning
+    u_t = jnp.where(bad, 0.0, u_t.astype(factor_dtype or dtype))
     return Nystrom(u_t, jnp.where(bad, 0.0, lam), jnp.asarray(shift, dtype))
+
+
+def row_products(a: jax.Array, b: jax.Array, columns: int = 4096) -> jax.Array:
+    """a @ b.T for wide (r, m) arrays, summed over column chunks of at most `columns` (a
+    divisor of m): the whole product made XLA transpose an operand, one more (r, m) copy."""
+    m = a.shape[1]
+    chunk = max(c for c in range(1, min(columns, m) + 1) if m % c == 0)
+    if chunk == m or chunk < 64:
+        return a @ b.T
+
+    def add(i, acc):
+        start = i * chunk
+        pa = jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=1)
+        pb = jax.lax.dynamic_slice_in_dim(b, start, chunk, axis=1)
+        return acc + pa @ pb.T
+
+    return jax.lax.fori_loop(0, m // chunk, add, jnp.zeros((a.shape[0], b.shape[0]),
+                                                          jnp.result_type(a, b)))
 
 
 def blocked(apply: Callable, rows: jax.Array, block: int | None) -> jax.Array:

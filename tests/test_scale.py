@@ -81,7 +81,9 @@ def test_chunked_sketch_equals_the_sketch_all_at_once(block):
         eye = jnp.eye(200)
         np.testing.assert_allclose(parts.matvec(eye), whole.matvec(eye), atol=1e-12)
         np.testing.assert_allclose(parts.lam, whole.lam, rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(rows) @ np.asarray(rows).T, np.eye(40), atol=1e-12)
+    # Gaussian rows scaled by 1/sqrt(m): Omega^T Omega = I within about 2 sqrt(r / m)
+    eig = np.linalg.eigvalsh(np.asarray(rows) @ np.asarray(rows).T)
+    assert eig.min() > (1 - 2 * np.sqrt(40 / 200)) ** 2 / 2 and eig.max() < 4
 
 
 def test_streamed_moments_equal_those_of_the_stored_samples():

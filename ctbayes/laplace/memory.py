@@ -9,13 +9,14 @@ the mean), b_s and b_c the rows per block of the Nystrom sketch and of CG.
 - fixed: the linearisation's residuals a, the sparse ray transform (nnz x (s + 8) bytes),
   the model's vectors (theta, data, images: a few copies of P + M + N numbers) and the
   posterior samples the caller keeps (n x N x 4 bytes, float32).
-- the Nystrom factor while it is built: the test rows Omega^T and the sketch Y^T, then
-  B^T and U^T: 3 r M s at most (`solvers.nystrom_factor`), plus b_s rows of products;
+- the Nystrom factor while it is built: the test rows Omega^T, the sketch Y^T, its shifted
+  copy, B^T and U^T: SKETCH_ARRAYS r M s (`solvers.nystrom_factor`; XLA's buffer
+  assignment of the whole set-up), plus b_s rows of products;
 - the E-steps: the factor U^T, r M f (f its stored bytes per number, 4 in float32), plus
   b_c rows of CG, each a row of products and CG's vectors (8 M s);
 - a row of products: a + 4 s (M + N + P).
 
-So the peak is fixed + max(3 r M s + b_s row, r M f + b_c (row + 8 M s)): linear in N, M
+So the peak is fixed + max(SKETCH_ARRAYS r M s + b_s row, r M f + b_c (row + 8 M s)): linear in N, M
 and P for a fixed rank and block sizes, plus r M for the factor (r M <= r P when the data
 are fewer than the parameters, as for the default U-Net). `plan` picks the largest rank
 (up to the configured one) and blocks that fit the budget, and says in one sentence when
@@ -35,6 +36,15 @@ from ctbayes.errors import InputError
 AUTO_FRACTION = 0.6  # of the memory available when the pass starts: the automatic budget
 MAX_SKETCH_BLOCK = 64  # products with P per step of the Nystrom set-up, at most
 MIN_RANK = 16  # below this a Nystrom preconditioner buys nothing: the run does not fit
+# (r, M) arrays of the model's precision live at once while the Nystrom factor is built:
+# XLA's buffer assignment of the set-up for HTC2022 `ta` at 128x128, 180 views (float64,
+# r = 1024, M = 100 800, U^T stored in float32) held 5 of them (the test rows and the
+# sketch 2, the shifted sketch 1, B^T 1, U^T 0.5, and the sketch's products)
+SKETCH_ARRAYS = 5.0
+# share of the traced intermediates (`activation_bytes`, which counts every equation's
+# output, fused or not) that one row of products holds: XLA's buffer assignment of an
+# E-step batch of 17 rows on that problem held 2.7 GB where the trace summed 0.46 GB a row
+ROW_ACTIVATION_SHARE = 0.35
 GB = 2 ** 30
 
 
@@ -97,7 +107,8 @@ class Sizes:
 
     @property
     def row(self) -> int:
-        return self.activation + 4 * self.itemsize * (self.data + self.pixels + self.params)
+        return (int(ROW_ACTIVATION_SHARE * self.activation)
+                + 4 * self.itemsize * (self.data + self.pixels + self.params))
 
     @property
     def fixed(self) -> int:
@@ -106,7 +117,7 @@ class Sizes:
                 + 3 * 4 * self.kept_samples * self.pixels)
 
     def sketch(self, rank: int, block: int) -> int:
-        return 3 * rank * self.data * self.itemsize + block * self.row
+        return int(SKETCH_ARRAYS * rank * self.data * self.itemsize) + block * self.row
 
     def e_step(self, rank: int, batch: int, factor_itemsize: int) -> int:
         return rank * self.data * factor_itemsize + batch * (self.row + 8 * self.data * self.itemsize)
@@ -147,9 +158,10 @@ def plan(sizes: Sizes, rank: int, rows: int, budget: int | None, factor_itemsize
             f"or a smaller network.")
     room = budget - sizes.fixed
     block = int(np.clip(room // (4 * sizes.row), 1, MAX_SKETCH_BLOCK))
+    block = 1 << (block.bit_length() - 1)  # a power of two: ranks of whole blocks stay round
     while block > 1 and sizes.sketch(smallest, block) > room:
         block //= 2
-    fitting = (room - block * sizes.row) // (3 * sizes.data * sizes.itemsize)
+    fitting = int((room - block * sizes.row) // (SKETCH_ARRAYS * sizes.data * sizes.itemsize))
     rank = int(max(smallest, min(rank, fitting)))
     if rank > block:
         rank -= rank % block  # whole blocks: the sketch needs no padded copy

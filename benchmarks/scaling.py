@@ -13,11 +13,12 @@ least squares in log-log over the sizes from 128 up (where 128 or more were run)
 
 `--dip-iterations` shortens the DIP fit (on 2 CPU cores a default 512x512 fit takes hours;
 the point at 512 is the memory and the uncertainty pass). `--baseline` runs each child with
-the memory budget off (`LaplaceConfig.memory_budget=0`: no chunking or rank cap beyond
-the configured ones), the design before the memory model, for a before/after ratio in one run.
+the memory budget off (`LaplaceConfig.memory_budget=0`: the configured rank 1024, sketch
+blocks of 64 rows and every CG row at once), to show what the budget's plan saves; the code
+before this memory work is main's (run this script from such a checkout for that baseline).
 
     python benchmarks/scaling.py [--quick] [--json PATH] [--max-size N] [--dip-iterations N]
-        [--views V] [--scans ta,simulated] [--baseline]
+        [--views V] [--scans ta,simulated] [--baseline] [--sizes 32,64]
 """
 
 from __future__ import annotations
@@ -128,7 +129,6 @@ def child(spec: dict) -> dict:
                               if f"uncertainty_laplace_{name}" in t),
            "sampling_s": t.get("uncertainty_sampling", math.nan),
            "precision": result.settings.get("uncertainty_precision_used", ""),
-           "rank": result.settings.get("uncertainty_precond_rank_used", ""),
            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
            "phase_peak_gb": {k: round(v / 2 ** 30, 2) for k, v in memory.peaks.items()},
            "wall_s": wall}
@@ -171,6 +171,8 @@ def extra(parser):
     parser.add_argument("--dip-iterations", type=int, default=None,
                         help="DIP Adam steps (default: the DIP's default)")
     parser.add_argument("--views", type=int, default=60)
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated image sizes instead of 64,128,256,512 (a smoke test)")
     parser.add_argument("--scans", default="ta,simulated")
     parser.add_argument("--baseline", action="store_true",
                         help="memory budget off (the design before the memory model)")
@@ -190,7 +192,7 @@ def main():
         return
     args = parse_args(__doc__.splitlines()[0], extra)
     top = args.max_size or (128 if args.quick else 512)
-    sizes = [s for s in SIZES if s <= top]
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else [s for s in SIZES if s <= top]
     rows = []
     for scan in args.scans.split(","):
         if scan == "ta" and not (SHARED_DATA / "htc2022" / "htc2022_ta_full.mat").exists():

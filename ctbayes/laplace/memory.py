@@ -43,8 +43,9 @@ MIN_RANK = 16  # below this a Nystrom preconditioner buys nothing: the run does 
 SKETCH_ARRAYS = 5.0
 # share of the traced intermediates (`activation_bytes`, which counts every equation's
 # output, fused or not) that one row of products holds: XLA's buffer assignment of an
-# E-step batch of 17 rows on that problem held 2.7 GB where the trace summed 0.46 GB a row
-ROW_ACTIVATION_SHARE = 0.35
+# E-step in CG batches of 13 rows on that problem held 2.27 GB (0.175 GB a row) where the
+# trace summed 0.46 GB a row
+ROW_ACTIVATION_SHARE = 0.4
 GB = 2 ** 30
 
 

@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ctbayes import __version__
+from ctbayes import __version__, progress
 from ctbayes.errors import DataWarning, InputError, naming
 from ctbayes.io import lock
 from ctbayes.io.atomic import checkpoint_path, prepare_output_directory, prepare_output_file
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-o", "--output", type=Path, help="result file (none: SCAN.ctbayes.h5)")
     add_options(rec, RECONSTRUCT_OPTIONS)
     rec.add_argument("--resume", action="store_true", help="continue an interrupted DIP fit from its checkpoint")
-    rec.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rec.add_argument("--no-progress", action="store_true",
+                     help="no progress bars: one line per phase on stderr")
     rec.add_argument("--figures", type=Path, help="directory for PNG figures")
 
     info = sub.add_parser("info", help="describe a scan file", formatter_class=HELP)
@@ -113,6 +114,7 @@ def _reconstruct(args):
         prepare_output_directory(args.figures)
     config = config_from_options(vars(args))
     checkpoint = checkpoint_path(output)
+    progress.configure("lines" if args.no_progress else "bar")
     try:
         result = reconstruct(scan, config, checkpoint=checkpoint, resume=args.resume,
                              progress=not args.no_progress)

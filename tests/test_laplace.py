@@ -343,7 +343,7 @@ def test_group_sketch_gives_the_factor_of_a_fresh_sketch_at_any_variances(p16):
     first = Hyper(jnp.asarray([0.3, 0.02, 1.5], jnp.float32), jnp.asarray(0.1, jnp.float32))
     second = Hyper(jnp.asarray([0.01, 0.4, 0.2], jnp.float32), jnp.asarray(0.03, jnp.float32))
     prep, reuse = sampling.preconditioner(model, first, key, opts)
-    assert reuse.sketch is not None and reuse.sketch.y.shape == (3, m, m)
+    assert reuse.sketch is not None and reuse.sketch.y_t.shape == (m, 3, m)  # (r, G, m)
     again, _ = sampling.preconditioner(model, second, key, opts, reuse)
     eye = jnp.eye(m, dtype=jnp.float32)
     for hyper, factor in ((first, prep), (second, again)):

@@ -128,6 +128,24 @@ class DIPConfig:
                 if k not in _RESUME_IRRELEVANT}
 
 
+# Named network sizes (`network_preset`, `ctbayes reconstruct --network`). "large": the
+# six-scale U-Net of the published Walnut experiments (Barbano et al. 2022; Antoran et al.
+# TMLR 2023), up to 128 channels, about 2.2M parameters, for large images; the Laplace pass
+# sizes its blocks and rank to the memory budget (`ctbayes.laplace.memory`).
+NETWORKS = {
+    "default": {},
+    "large": dict(scales=6, channels=(32, 64, 128, 128, 128, 128),
+                  skip_channels=(0, 4, 4, 4, 4, 4)),
+}
+
+
+def network_preset(config: DIPConfig, name: str) -> DIPConfig:
+    """config with the network size called `name` (one of NETWORKS)."""
+    if name not in NETWORKS:
+        raise InputError(f"Unknown network {name!r}; expected one of {', '.join(NETWORKS)}.")
+    return dataclasses.replace(config, **NETWORKS[name])
+
+
 @dataclasses.dataclass
 class DIPFit:
     """A fitted DIP network: what `fit_dip` returns and `refit` continues.

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctbayes import progress
 from ctbayes.compile_clock import stopwatch
 from ctbayes.errors import InputError
 from ctbayes.laplace import exact, sampling, solvers
@@ -145,52 +146,53 @@ def run_em(model: LinearModel, init: Hyper, key: jax.Array, *, cycles: int = 5,
     history = []
     previous = None  # `sampling.Reuse`: the preconditioner reused across cycles where exact
     for cycle in range(cycles):
-        k_mean, k_samples = jax.random.split(jax.random.fold_in(key, cycle))
-        info = {}
-        if solver == "exact":
-            with stopwatch(timings, "e_steps"):
-                post = exact.posterior(dense, np.asarray(hyper.prior_variances),
-                                       float(hyper.noise_variance))
-                gamma = exact.effective_dimensions(dense, post, np.asarray(hyper.prior_variances))
-            info = {"gamma_stderr": [0.0] * len(gamma)}
-            w_lin = jnp.asarray(post.weight_mean, model.theta.dtype)
-            data_fit = float(np.sum((dense.residual - dense.Phi @ post.weight_mean) ** 2))
-        else:
-            with stopwatch(timings, "preconditioner"):
-                prep, previous = sampling.preconditioner(model, hyper, k_mean, opts, previous)
-                jax.block_until_ready(prep)
-            if cycle == 0 and isinstance(prep, solvers.Nystrom) and prep.lam.dtype == jnp.float32:
-                hyper, prep = _well_conditioned_start(hyper, prep)
-                info["start_noise_variance"] = float(hyper.noise_variance)
-                previous = previous._replace(prep=prep, hyper=hyper)
-            if cache is not None:
-                cache["preconditioner"] = previous
-            with stopwatch(timings, "e_steps"):
-                draws = jax.block_until_ready(sampling.posterior_samples(
-                    model, hyper, k_samples, samples, opts, mesh=mesh, prep=prep))
-            mean = draws.mean
-            if solver == "cg":
-                info |= solvers.check_convergence(solvers.CGInfo(
-                    *(jnp.concatenate([a, b[None]]) for a, b in
-                      zip((draws.iterations, draws.residual, draws.converged),
-                          (mean.iterations, mean.residual, mean.converged)))),
-                    opts.cg_tol, f"CG (EM cycle {cycle})")
+        with progress.phase(f"EM cycle {cycle + 1} of at most {cycles}"):
+            k_mean, k_samples = jax.random.split(jax.random.fold_in(key, cycle))
+            info = {}
+            if solver == "exact":
+                with stopwatch(timings, "e_steps"):
+                    post = exact.posterior(dense, np.asarray(hyper.prior_variances),
+                                           float(hyper.noise_variance))
+                    gamma = exact.effective_dimensions(dense, post, np.asarray(hyper.prior_variances))
+                info = {"gamma_stderr": [0.0] * len(gamma)}
+                w_lin = jnp.asarray(post.weight_mean, model.theta.dtype)
+                data_fit = float(np.sum((dense.residual - dense.Phi @ post.weight_mean) ** 2))
             else:
-                info["grad_norm_max"] = float(jnp.max(draws.residual))
-            gamma, stderr = estimate_gamma(draws.gamma_features, draws.gamma_weights,
-                                           model.prior.sizes(), estimator)
-            info["gamma_stderr"] = stderr.tolist()
-            w_lin = mean.weights
-            data_fit = float(mean.data_fit)
-        before = hyper
-        hyper, gamma, norms = mackay_update(model.prior, w_lin, gamma, data_fit, m)
-        converged = cycle > 0 and tol > 0 and _largest_log_change(before, hyper) < tol
-        history.append({"cycle": cycle,
-                        "prior_variances": np.asarray(hyper.prior_variances, np.float64).tolist(),
-                        "noise_variance": float(hyper.noise_variance),
-                        "gamma": gamma.tolist(), "gamma_total": float(gamma.sum()),
-                        "weight_norms": norms.tolist(), "data_fit": data_fit,
-                        "em_converged": converged, **info})
+                with stopwatch(timings, "preconditioner"), progress.phase("preconditioner"):
+                    prep, previous = sampling.preconditioner(model, hyper, k_mean, opts, previous)
+                    jax.block_until_ready(prep)
+                if cycle == 0 and isinstance(prep, solvers.Nystrom) and prep.lam.dtype == jnp.float32:
+                    hyper, prep = _well_conditioned_start(hyper, prep)
+                    info["start_noise_variance"] = float(hyper.noise_variance)
+                    previous = previous._replace(prep=prep, hyper=hyper)
+                if cache is not None:
+                    cache["preconditioner"] = previous
+                with stopwatch(timings, "e_steps"), progress.phase(f"E-step ({samples} samples)"):
+                    draws = jax.block_until_ready(sampling.posterior_samples(
+                        model, hyper, k_samples, samples, opts, mesh=mesh, prep=prep))
+                mean = draws.mean
+                if solver == "cg":
+                    info |= solvers.check_convergence(solvers.CGInfo(
+                        *(jnp.concatenate([a, b[None]]) for a, b in
+                          zip((draws.iterations, draws.residual, draws.converged),
+                              (mean.iterations, mean.residual, mean.converged)))),
+                        opts.cg_tol, f"CG (EM cycle {cycle})")
+                else:
+                    info["grad_norm_max"] = float(jnp.max(draws.residual))
+                gamma, stderr = estimate_gamma(draws.gamma_features, draws.gamma_weights,
+                                               model.prior.sizes(), estimator)
+                info["gamma_stderr"] = stderr.tolist()
+                w_lin = mean.weights
+                data_fit = float(mean.data_fit)
+            before = hyper
+            hyper, gamma, norms = mackay_update(model.prior, w_lin, gamma, data_fit, m)
+            converged = cycle > 0 and tol > 0 and _largest_log_change(before, hyper) < tol
+            history.append({"cycle": cycle,
+                            "prior_variances": np.asarray(hyper.prior_variances, np.float64).tolist(),
+                            "noise_variance": float(hyper.noise_variance),
+                            "gamma": gamma.tolist(), "gamma_total": float(gamma.sum()),
+                            "weight_norms": norms.tolist(), "data_fit": data_fit,
+                            "em_converged": converged, **info})
         if converged:
             break
     return hyper, history

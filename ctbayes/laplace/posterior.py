@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctbayes import progress
 from ctbayes.compile_clock import stopwatch
 from ctbayes.errors import InputError
-from ctbayes.laplace import edges, em, exact, matern, priors, sampling
+from ctbayes.laplace import edges, em, exact, matern, memory, priors, sampling
 from ctbayes.laplace.linearise import PRIOR_MEANS, LinearModel, linear_model
 from ctbayes.laplace.sampling import Hyper, SolverOptions
 from ctbayes.laplace.solvers import CGInfo, check_convergence
@@ -29,6 +30,11 @@ from ctbayes.laplace.solvers import CGInfo, check_convergence
 SOLVERS = ("cg", "sgd", "exact")
 MEANS = ("network", "linear")
 PRECISIONS = ("float32", "float64", "auto")
+FACTOR_PRECISIONS = ("auto", "float32", "model")
+# cg_tol from which "auto" stores the Nystrom factor in float32: on a spectrum like P / s2 of
+# HTC2022 (1e6 to 10 over 50 directions, s2 = 1e-6), float64 CG with a float32 factor took
+# as many iterations as with a float64 one at tol 1e-2, and 50% more at 1e-4 (6 against 4)
+FLOAT32_FACTOR_TOL = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +71,16 @@ class LaplaceConfig:
     precision: the arithmetic of the linearised model's products and solvers, "float32",
       "float64" or "auto": float64 where lam_max(P) / s2 at the EM start exceeds
       `FLOAT32_CONDITION` (see `fit_laplace`). Results are returned in the input's dtype.
+    memory_budget: GB the pass may use (`memory`): the Nystrom rank (at most precond_rank),
+      the sketch's and CG's rows per block are chosen to fit it, and a run that cannot fit
+      even at the smallest raises InputError before any product. None: AUTO_FRACTION of the
+      memory available when the fit starts; 0: no budget (precond_rank as given, sketch
+      blocks of 64, every CG row at once).
+    factor_precision: the Nystrom factor U stored in "float32" (half the largest array of
+      the E-steps where the model computes in float64, and half the preconditioner's
+      traffic; the sketch and the factorisation keep the model's precision), in the
+      "model"'s precision, or "auto": float32 where cg_tol >= FLOAT32_FACTOR_TOL (where it
+      cost no CG iterations), else the model's.
     seed: used when fit_laplace gets no key.
     """
 
@@ -90,12 +106,14 @@ class LaplaceConfig:
     init_prior_variance: float | None = None
     init_noise_variance: float | None = None
     precision: str = "auto"
+    memory_budget: float | None = None
+    factor_precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
         choices = {"prior": priors.PRIOR_KINDS, "prior_mean": PRIOR_MEANS, "mean": MEANS,
                    "solver": SOLVERS, "gamma_estimator": em.ESTIMATORS,
-                   "precision": PRECISIONS}
+                   "precision": PRECISIONS, "factor_precision": FACTOR_PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"LaplaceConfig.{name} is {getattr(self, name)!r}; expected one "
@@ -110,6 +128,9 @@ class LaplaceConfig:
                                   ("em_tol", self.em_tol >= 0, ">= 0")):
             if not holds:
                 raise InputError(f"LaplaceConfig.{name} must be {rule}, got {getattr(self, name)}.")
+        if self.memory_budget is not None and not 0 <= self.memory_budget < float("inf"):
+            raise InputError(f"LaplaceConfig.memory_budget must be a number of GB >= 0, got "
+                             f"{self.memory_budget}.")
         if self.matern_lengthscale is not None and not self.matern_lengthscale > 0:
             raise InputError("LaplaceConfig.matern_lengthscale must be positive.")
 
@@ -118,7 +139,14 @@ class LaplaceConfig:
         """The solver settings as `SolverOptions`."""
         return SolverOptions("sgd" if self.solver == "sgd" else "cg", self.cg_tol,
                              self.cg_max_iter, self.precond_rank, self.sgd_iterations,
-                             self.sample_batch)
+                             self.sample_batch,
+                             factor_dtype="float32" if self.factor32 else None)
+
+    @property
+    def factor32(self) -> bool:
+        """Whether the Nystrom factor is stored in float32 (`factor_precision`)."""
+        return self.factor_precision == "float32" or (
+            self.factor_precision == "auto" and self.cg_tol >= FLOAT32_FACTOR_TOL)
 
 
 def _full_precision_products(fn):
@@ -152,7 +180,8 @@ class LinearisedLaplace:
 
     mean(), sample(key, n), std(), predictive_samples(key, n, A_candidate); the learned
     hyperparameters as `prior_variances` (per group) and `noise_variance`; `history` (EM);
-    `timings`, the fit's seconds by phase (see `fit_laplace`).
+    `timings`, the fit's seconds by phase (see `fit_laplace`); `opts`, the solver options
+    the memory plan chose (`memory.plan`: rank, blocks), and `plan` itself.
     coordinates: network parameters -> the coordinates the model is linearised in (the
     identity, or the Matern prior's white coordinates). output_dtype: where the model
     computes in float64 (`LaplaceConfig.precision`), the dtype the methods return.
@@ -161,8 +190,11 @@ class LinearisedLaplace:
     def __init__(self, model: LinearModel, hyper: Hyper, config: LaplaceConfig,
                  history: list[dict], dense: exact.DenseProblem | None = None, mesh=None,
                  previous_preconditioner=None, coordinates=None, output_dtype=None,
-                 timings: dict | None = None):
+                 timings: dict | None = None, opts: SolverOptions | None = None,
+                 plan: memory.Plan | None = None):
         self.output_dtype = output_dtype
+        self.opts = opts or config.solver_options
+        self.plan = plan
         self.timings = timings or {}
         self.model = model
         self.coordinates = coordinates or (lambda params: params)
@@ -184,7 +216,7 @@ class LinearisedLaplace:
         if self._prep is None:
             key = jax.random.fold_in(jax.random.key(self.config.seed), 3)
             self._prep, _ = sampling.preconditioner(self.model, self.hyper, key,
-                                                    self.config.solver_options, self._previous_prep)
+                                                    self.opts, self._previous_prep)
         return self._prep
 
     # -- hyperparameters -------------------------------------------------------------------
@@ -212,7 +244,7 @@ class LinearisedLaplace:
                 self._linear_mean = jnp.asarray(self._exact.image_mean, self.model.theta.dtype)
             else:
                 self._linear_mean = sampling.posterior_mean(
-                    self.model, self.hyper, self.config.solver_options,
+                    self.model, self.hyper, self.opts,
                     prep=self._preconditioner(), companions=self.config.samples).image
         return self._linear_mean
 
@@ -233,19 +265,29 @@ class LinearisedLaplace:
             z = np.asarray(jax.random.normal(key, (n, len(vals))), np.float64)
             images = (z @ root.T) @ self.dense.J.T
             return jnp.asarray(images.reshape((n,) + self.model.image_shape), self.model.theta.dtype)
+        dtype = self.output_dtype or self.model.theta.dtype
+        out = np.empty((n,) + self.model.image_shape, dtype)
+        for start, part in self._sample_chunks(key, n):
+            out[start:start + len(part)] = np.asarray(part, dtype)
+        return jnp.asarray(out)
+
+    def _sample_chunks(self, key: jax.Array, n: int):
+        """(start, zero-mean samples) in chunks of config.samples, n in all: the one
+        compiled sampler, reported as the phase "sampling"."""
         chunk = self.config.samples
-        parts = []
-        for i in range(-(-n // chunk)):
-            draws = sampling.posterior_samples(
-                self.model, self.hyper, jax.random.fold_in(key, i), chunk,
-                self.config.solver_options, mesh=self.mesh, prep=self._preconditioner())
-            if self.config.solver == "cg":
-                check_convergence(CGInfo(draws.iterations, draws.residual, draws.converged),
-                                  self.config.cg_tol)
-            parts.append(draws.images)
-            if self._linear_mean is None:  # solved alongside the samples anyway
-                self._linear_mean = draws.mean.image
-        return jnp.concatenate(parts)[:n]
+        count = -(-n // chunk)
+        with progress.phase(f"sampling ({n} samples)", total=count) as bar:
+            for i in range(count):
+                draws = sampling.posterior_samples(
+                    self.model, self.hyper, jax.random.fold_in(key, i), chunk,
+                    self.opts, mesh=self.mesh, prep=self._preconditioner())
+                if self.config.solver == "cg":
+                    check_convergence(CGInfo(draws.iterations, draws.residual, draws.converged),
+                                      self.config.cg_tol)
+                if self._linear_mean is None:  # solved alongside the samples anyway
+                    self._linear_mean = draws.mean.image
+                bar.update(1)
+                yield i * chunk, draws.images[:n - i * chunk]
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """n posterior image samples (n, H, W), sharded over the devices along n."""
@@ -258,9 +300,12 @@ class LinearisedLaplace:
         if self._std is None:
             if self._exact is not None:
                 self._std = jnp.asarray(self._exact.std, self.model.theta.dtype)
-            else:
+            else:  # streamed: the moments of the chunks, never all samples at once
                 key = jax.random.fold_in(jax.random.key(self.config.seed), 7)
-                self._std = sampling.pixel_std(self.zero_mean_samples(key, self.config.std_samples))
+                moments = sampling.RunningMoments()
+                for _, part in self._sample_chunks(key, self.config.std_samples):
+                    moments.update(part)
+                self._std = jnp.asarray(moments.rms(), self.model.theta.dtype)
         return self._std
 
     def predictive_samples(self, key: jax.Array, n: int, A_candidate) -> jax.Array:
@@ -308,17 +353,17 @@ def fit_laplace(fn: Callable, params, A, y, config: LaplaceConfig = LaplaceConfi
     k_prior, k_em = jax.random.split(key)
     timings = {}
     if config.precision != "float64":
-        with stopwatch(timings, "linearise"):
+        with stopwatch(timings, "linearise"), progress.phase("linearisation"):
             built = _model_and_start(fn, params, A, y, config, k_prior)
         if config.precision == "float32" or config.solver == "exact":
             return _fit(*built, config, k_em, mesh, timings=timings)
-        with stopwatch(timings, "condition"):
+        with stopwatch(timings, "condition"), progress.phase("condition number (precision)"):
             condition = _condition_at_start(*built[:2])
         if condition <= FLOAT32_CONDITION:
             return _fit(*built, config, k_em, mesh, timings=timings)
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
-        with stopwatch(timings, "linearise"):
+        with stopwatch(timings, "linearise"), progress.phase("linearisation (float64)"):
             built = _model_and_start(fn, params64, A.astype(np.float64),
                                      np.asarray(y, np.float64), config, k_prior)
         return _fit(*built, config, k_em, mesh, timings=timings,
@@ -369,10 +414,39 @@ def _fit(model: LinearModel, init: Hyper, coordinates, config: LaplaceConfig, k_
          output_dtype=None, timings: dict | None = None) -> LinearisedLaplace:
     """EM from `init` on the linear model, then the posterior."""
     dense = exact.dense_problem(model) if config.solver == "exact" else None
+    opts, plan = planned_options(model, config)
     cache = {}
     hyper, history = em.run_em(model, init, k_em, cycles=config.em_cycles, samples=config.samples,
-                               solver=config.solver, opts=config.solver_options,
+                               solver=config.solver, opts=opts,
                                estimator=config.gamma_estimator, dense=dense, mesh=mesh,
                                cache=cache, tol=config.em_tol, timings=timings)
     return LinearisedLaplace(model, hyper, config, history, dense, mesh,
-                             cache.get("preconditioner"), coordinates, output_dtype, timings)
+                             cache.get("preconditioner"), coordinates, output_dtype, timings,
+                             opts, plan)
+
+
+def model_sizes(model: LinearModel, kept_samples: int = 0) -> memory.Sizes:
+    """What the memory model needs to know of a linear model (`memory.Sizes`)."""
+    matrix = getattr(model.A, "matrix", None)
+    return memory.Sizes(
+        pixels=int(np.prod(model.image_shape)), data=model.num_data, params=model.num_params,
+        activation=memory.activation_bytes(model.fn_flat, model.theta),
+        itemsize=jnp.result_type(model.theta).itemsize,
+        matrix_nnz=int(getattr(matrix, "nse", 0)) if matrix is not None else 0,
+        kept_samples=kept_samples)
+
+
+def planned_options(model: LinearModel, config: LaplaceConfig) -> tuple[SolverOptions, memory.Plan | None]:
+    """The solver options within config.memory_budget (`memory.plan`): the Nystrom rank, the
+    sketch block and (where config.sample_batch is None) the CG batch; (options, plan)."""
+    opts = config.solver_options
+    if config.solver == "exact":
+        return opts, None
+    sizes = model_sizes(model, config.std_samples)
+    factor = 4 if config.factor32 else sizes.itemsize
+    rank = opts.precond_rank if opts.kind == "cg" else 0
+    plan = memory.plan(sizes, rank, config.samples + 1, memory.budget_bytes(config.memory_budget),
+                       factor)
+    batch = config.sample_batch if config.sample_batch is not None else plan.cg_batch
+    return dataclasses.replace(opts, precond_rank=plan.rank if opts.kind == "cg" else opts.precond_rank,
+                               sketch_block=plan.sketch_block, batch_size=batch), plan

@@ -56,6 +56,8 @@ class SolverOptions:
     once). It bounds memory, and with a fixed batch_size the samples are bitwise the same on
     any number of devices; otherwise they agree to within the solver's tolerance (CG's path
     depends on round-off, which depends on the batch shape).
+    sketch_block: products with P per step of the Nystrom set-up (None: all at once).
+    factor_dtype: the dtype the Nystrom factor U is stored in ("float32"; None: the model's).
     """
 
     kind: str = "cg"
@@ -64,6 +66,8 @@ class SolverOptions:
     precond_rank: int = 1024
     sgd_iterations: int = 1000
     batch_size: int | None = None
+    sketch_block: int | None = PRECONDITIONER_BLOCK
+    factor_dtype: str | None = None
 
 
 class Samples(NamedTuple):
@@ -157,7 +161,7 @@ def _preparation(model, hyper, key, opts: SolverOptions):
         return 1.1 * (1.0 + top_eigenvalue(model, hyper, key) / s2)
     if opts.precond_rank > 0:
         return solvers.nystrom(apply_p, m, min(opts.precond_rank, m), key, s2, model.theta.dtype,
-                               block=PRECONDITIONER_BLOCK)
+                               block=opts.sketch_block, factor_dtype=opts.factor_dtype)
     return None
 
 
@@ -169,10 +173,11 @@ SKETCH_MAX_GROUPS = 4
 class GroupSketch(NamedTuple):
     """The Nystrom sketch of every prior group's part of P, P_g Omega with P_g = A J C_g J^T
     A^T (unit variance): P = sum_g v_g P_g, so sum_g v_g P_g Omega is the sketch of P at any
-    variances, and a new factor costs no product with the network."""
+    variances, and a new factor costs no product with the network. Rows layout (`solvers.
+    nystrom_factor`)."""
 
-    omega: jax.Array  # (m, r)
-    y: jax.Array  # (G, m, r)
+    omega_t: jax.Array  # (r, m)
+    y_t: jax.Array  # (r, G, m)
 
 
 class Reuse(NamedTuple):
@@ -184,10 +189,11 @@ class Reuse(NamedTuple):
     sketch: GroupSketch | None = None
 
 
-@functools.partial(jax.jit, static_argnames=("rank",))
-def group_sketch(model: LinearModel, key: jax.Array, rank: int) -> GroupSketch:
+@functools.partial(jax.jit, static_argnames=("rank", "block"))
+def group_sketch(model: LinearModel, key: jax.Array, rank: int,
+                 block: int | None = PRECONDITIONER_BLOCK) -> GroupSketch:
     """P_g Omega for every prior group g, from one product with J^T A^T and one with A J per
-    group (PRECONDITIONER_BLOCK test vectors at a time)."""
+    group (`block` test vectors at a time)."""
     groups = model.prior.num_groups
     _, phi, phi_t, _, _ = operators(model, Hyper(jnp.ones(groups, model.theta.dtype),
                                                  jnp.ones((), model.theta.dtype)))
@@ -197,15 +203,15 @@ def group_sketch(model: LinearModel, key: jax.Array, rank: int) -> GroupSketch:
         q = model.prior.scale * phi_t(u)
         return jnp.concatenate([phi(jnp.where(member, q, 0.0)) for member in members], axis=1)
 
-    omega = solvers.sketch_matrix(key, model.num_data, rank, model.theta.dtype)
-    y = solvers.blocked(apply, omega.T, PRECONDITIONER_BLOCK).T  # (G m, r)
-    return GroupSketch(omega, y.reshape(groups, model.num_data, rank))
+    omega_t = solvers.sketch_matrix(key, model.num_data, rank, model.theta.dtype)
+    y_t = solvers.blocked(apply, omega_t, block)  # (r, G m)
+    return GroupSketch(omega_t, y_t.reshape(rank, groups, model.num_data))
 
 
-@jax.jit
-def _factor_of_sketch(sketch: GroupSketch, hyper: Hyper) -> solvers.Nystrom:
-    y = jnp.tensordot(hyper.prior_variances, sketch.y, 1)
-    return solvers.nystrom_factor(sketch.omega, y, hyper.noise_variance)
+@functools.partial(jax.jit, static_argnames=("factor_dtype",))
+def _factor_of_sketch(sketch: GroupSketch, hyper: Hyper, factor_dtype=None) -> solvers.Nystrom:
+    y_t = jnp.einsum("g,rgm->rm", hyper.prior_variances, sketch.y_t)
+    return solvers.nystrom_factor(sketch.omega_t, y_t, hyper.noise_variance, factor_dtype)
 
 
 def preconditioner(model: LinearModel, hyper: Hyper, key: jax.Array, opts: SolverOptions,
@@ -228,13 +234,14 @@ def preconditioner(model: LinearModel, hyper: Hyper, key: jax.Array, opts: Solve
             lam_max = (prep / 1.1 - 1.0) * then.noise_variance
             prep = 1.1 * (1.0 + ratio * lam_max / hyper.noise_variance)
         else:
-            prep = solvers.Nystrom(prep.U, prep.lam * ratio, hyper.noise_variance)
+            prep = solvers.Nystrom(prep.Ut, prep.lam * ratio, hyper.noise_variance)
         return prep, Reuse(prep, hyper)
     if opts.kind == "cg" and opts.precond_rank > 0 and 1 < groups <= SKETCH_MAX_GROUPS:
         sketch = previous.sketch if previous is not None else None
         if sketch is None:
-            sketch = group_sketch(model, key, min(opts.precond_rank, model.num_data))
-        prep = _factor_of_sketch(sketch, hyper)
+            sketch = group_sketch(model, key, min(opts.precond_rank, model.num_data),
+                                  opts.sketch_block)
+        prep = _factor_of_sketch(sketch, hyper, opts.factor_dtype)
         return prep, Reuse(prep, hyper, sketch)
     prep = _preparation(model, hyper, key, opts)
     return prep, Reuse(prep, hyper)
@@ -372,6 +379,49 @@ def posterior_mean(model: LinearModel, hyper: Hyper, opts: SolverOptions = Solve
 
 
 # -- summaries -------------------------------------------------------------------------------
+class RunningMoments:
+    """Per-pixel moments of samples that arrive in batches, without keeping them: the mean
+    and the sum of squared deviations by Welford's update in Chan et al.'s batched form
+    (numerically stable), and the raw second moment for zero-mean samples (`pixel_std`'s
+    estimator). Memory: three images, whatever the number of samples. float64 on the host."""
+
+    def __init__(self):
+        self.count = 0
+        self._mean = None
+        self._m2 = None
+        self._sq = None
+
+    def update(self, batch) -> None:
+        """Add samples (n, H, W)."""
+        x = np.asarray(batch, np.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
+        mean_b = x.mean(0)
+        m2_b = np.square(x - mean_b).sum(0)
+        sq_b = np.square(x).sum(0)
+        if self._mean is None:
+            self.count, self._mean, self._m2, self._sq = n, mean_b, m2_b, sq_b
+            return
+        total = self.count + n
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + m2_b + np.square(delta) * (self.count * n / total)
+        self._sq = self._sq + sq_b
+        self.count = total
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mean
+
+    def variance(self, ddof: int = 1) -> np.ndarray:
+        return self._m2 / (self.count - ddof)
+
+    def rms(self) -> np.ndarray:
+        """sqrt(mean(x^2)): the std of samples whose mean is known to be zero."""
+        return np.sqrt(self._sq / self.count)
+
+
 def pixel_std(zero_mean_images: jax.Array) -> jax.Array:
     """Per-pixel std from zero-mean samples (n, H, W): sqrt(mean(x^2)), the mean being known."""
     return jnp.sqrt(jnp.mean(jnp.square(zero_mean_images), axis=0))

@@ -111,67 +111,143 @@ def check_convergence(info: CGInfo, tol: float, what: str = "CG") -> dict:
 
 
 class Nystrom(NamedTuple):
-    """P ~ U diag(lam) U^T; as a preconditioner of P + shift I (see the module docstring)."""
+    """P ~ U diag(lam) U^T; as a preconditioner of P + shift I (see the module docstring).
 
-    U: jax.Array  # (m, r)
+    Ut: U^T (r, m), rows orthonormal, stored in the factor's own dtype (float32 halves the
+    largest array of the Laplace pass where the model computes in float64; the
+    preconditioner then applies its low-rank correction in float32, a relative
+    perturbation of about 1e-7 of a map that CG only needs approximately). lam: (r,)
+    descending, in the model's dtype. Directions the sketch could not resolve (round-off)
+    have a zero row and lam equal to the smallest resolved one: they act as the identity.
+    """
+
+    Ut: jax.Array  # (r, m)
     lam: jax.Array  # (r,) descending
     shift: jax.Array  # s2
 
     def __call__(self, v):
-        """M^-1 v for rows v (n, m)."""
-        coef = v @ self.U
+        """M^-1 v for rows v (n, m): v + U diag(scale - 1) U^T v."""
         scale = (self.lam[-1] + self.shift) / (self.lam + self.shift)
-        return v - coef @ self.U.T + (coef * scale) @ self.U.T
+        coef = v.astype(self.Ut.dtype) @ self.Ut.T
+        return v + ((coef * (scale - 1.0).astype(self.Ut.dtype)) @ self.Ut).astype(v.dtype)
 
     def matvec(self, v):
         """The low-rank approximation U diag(lam) U^T v, rows v (n, m)."""
-        return ((v @ self.U) * self.lam) @ self.U.T
+        coef = (v.astype(self.Ut.dtype) @ self.Ut.T) * self.lam.astype(self.Ut.dtype)
+        return (coef @ self.Ut).astype(v.dtype)
 
 
 def nystrom(apply_p: Callable, m: int, rank: int, key: jax.Array, shift, dtype=jnp.float32,
-            block: int | None = None) -> Nystrom:
+            block: int | None = None, factor_dtype=None) -> Nystrom:
     """Randomised Nystrom approximation of the PSD P (m x m) from `rank` products apply_p.
 
     apply_p: (n, m) -> (n, m). The stabilised algorithm of Frangella, Tropp & Udell (2023):
-    orthonormal Gaussian test matrix, a small shift nu for round-off, Cholesky, then SVD.
-    block: apply P to at most this many test vectors at once (bounds the memory of a
-    network Jacobian's products; None: all at once).
+    orthonormal Gaussian test matrix, a small shift nu for round-off, Cholesky, then the
+    factor's singular vectors (`nystrom_factor`). block: apply P to at most this many test
+    vectors at once (bounds the memory of a network Jacobian's products; None: all at
+    once). factor_dtype: the dtype U is stored in (None: dtype).
     """
-    omega = sketch_matrix(key, m, rank, dtype)
-    return nystrom_factor(omega, blocked(apply_p, omega.T, block).T, shift)
+    omega_t = sketch_matrix(key, m, rank, dtype)
+    return nystrom_factor(omega_t, blocked(apply_p, omega_t, block), shift, factor_dtype)
 
 
 def sketch_matrix(key: jax.Array, m: int, rank: int, dtype=jnp.float32) -> jax.Array:
-    """The Nystrom sketch's test matrix Omega (m, rank): orthonormal Gaussian columns."""
-    omega, _ = jnp.linalg.qr(jax.random.normal(key, (m, rank), dtype))
-    return omega
+    """The Nystrom sketch's test matrix as rows, Omega^T (rank, m): Gaussian rows.
+
+    The Nystrom approximation P Omega (Omega^T P Omega)^-1 Omega^T P depends only on the
+    range of Omega, so orthonormal rows buy nothing but the exactness of removing the
+    round-off shift nu (`nystrom_factor`), itself of the order of eps ||P||. Where
+    rank <= m / 4 the rows are Gaussian, scaled by 1 / sqrt(m) (then Omega^T Omega = I within
+    sqrt(rank / m), a condition number below 3), drawn SKETCH_DRAW_ROWS rows at a time: one
+    (rank, m) array and no more (a single draw of it held four such arrays in XLA's
+    random-number temporaries). Nearer to square (small problems) a Gaussian matrix is
+    ill-conditioned: there it is orthonormalised by Householder QR."""
+    if 4 * rank > m:
+        return jnp.linalg.qr(jax.random.normal(key, (m, rank), dtype))[0].T
+    count = -(-rank // SKETCH_DRAW_ROWS)
+    scale = np.asarray(1.0 / np.sqrt(m), dtype)
+    rows = jax.lax.map(lambda i: scale * jax.random.normal(jax.random.fold_in(key, i),
+                                                           (SKETCH_DRAW_ROWS, m), dtype),
+                       jnp.arange(count)).reshape(count * SKETCH_DRAW_ROWS, m)
+    return rows if count * SKETCH_DRAW_ROWS == rank else rows[:rank]
 
 
-def nystrom_factor(omega: jax.Array, y: jax.Array, shift) -> Nystrom:
-    """The Nystrom factor of P from its sketch y = P Omega (m, r): a sketch is linear in P, so
-    the sketches of P's parts (`sampling.GroupSketch`) sum to that of any combination."""
-    m = omega.shape[0]
-    nu = np.sqrt(m) * jnp.finfo(y.dtype).eps * jnp.linalg.norm(y)
-    y = y + nu * omega
-    core = omega.T @ y
+SKETCH_DRAW_ROWS = 32  # test rows drawn at once (`sketch_matrix`)
+
+
+def nystrom_factor(omega_t: jax.Array, y_t: jax.Array, shift, factor_dtype=None) -> Nystrom:
+    """The Nystrom factor of P from its sketch Y^T = (P Omega)^T (r, m), test rows Omega^T
+    (r, m): a sketch is linear in P, so the sketches of P's parts (`sampling.GroupSketch`)
+    sum to that of any combination.
+
+    Memory: every (r, m) array is a row layout of the sketch. In float64 the factor's
+    singular vectors come from the (r, r) Gram matrix of B = Y C^-T (eigenvalues
+    sigma^2 = lam + nu, U^T = Sigma^-1 V^T B^T) instead of an SVD of B, whose LAPACK
+    workspace is several more (r, m) arrays: at most three (r, m) arrays are live. The Gram
+    matrix resolves sigma^2 to about eps * sigma_max^2, and the vectors to about
+    eps * sigma_max^2 / sigma^2; directions with sigma^2 below sqrt(eps) sigma_max^2 (1.5e-8,
+    far below the noise variance wherever float64 is chosen) are dropped (zero rows, see
+    `Nystrom`). In float32 that cut (3e-4) would drop directions that matter, so float32
+    keeps the SVD (its arrays are half the size)."""
+    r, m = omega_t.shape
+    dtype = y_t.dtype
+    nu = np.sqrt(m) * jnp.finfo(dtype).eps * jnp.linalg.norm(y_t)
+    y_t = y_t + nu * omega_t
+    core = row_products(y_t, omega_t)
     core = 0.5 * (core + core.T)
     chol = jnp.linalg.cholesky(core)
-    b = jax.scipy.linalg.solve_triangular(chol, y.T, lower=True).T  # y C^-T
-    u, sig, _ = jnp.linalg.svd(b, full_matrices=False)
-    lam = jnp.maximum(sig ** 2 - nu, 0.0)
-    bad = ~jnp.all(jnp.isfinite(lam))  # Cholesky failed: fall back to no preconditioning
-    return Nystrom(jnp.where(bad, 0.0, u), jnp.where(bad, 0.0, lam), jnp.asarray(shift, y.dtype))
+    b_t = jax.scipy.linalg.solve_triangular(chol, y_t, lower=True)  # B^T = C^-1 Y^T
+    if dtype == jnp.float64:
+        sig2, vecs = jnp.linalg.eigh(row_products(b_t, b_t))
+        sig2, vecs = sig2[::-1], vecs[:, ::-1]  # descending
+        resolved = sig2 > np.sqrt(jnp.finfo(dtype).eps) * sig2[0]
+        inv = jnp.where(resolved, 1.0 / jnp.sqrt(jnp.where(resolved, sig2, 1.0)), 0.0)
+        # U^T in row blocks, each cast to the stored dtype as it is made
+        stored = factor_dtype or dtype
+        u_t = blocked(lambda w: (w @ b_t).astype(stored), vecs.T * inv[:, None],
+                      SKETCH_DRAW_ROWS if r % SKETCH_DRAW_ROWS == 0 else None)
+    else:
+        _, sig, u_t = jnp.linalg.svd(b_t, full_matrices=False)
+        sig2 = sig ** 2
+        resolved = jnp.ones(r, bool)
+    lam = jnp.maximum(sig2 - nu, 0.0)
+    floor = jnp.min(jnp.where(resolved, lam, jnp.inf))
+    lam = jnp.where(resolved, lam, floor)
+    bad = ~jnp.all(jnp.isfinite(lam))  # Cholesky failed: no preconditioning
+    u_t = jnp.where(bad, 0.0, u_t.astype(factor_dtype or dtype))
+    return Nystrom(u_t, jnp.where(bad, 0.0, lam), jnp.asarray(shift, dtype))
+
+
+def row_products(a: jax.Array, b: jax.Array, columns: int = 4096) -> jax.Array:
+    """a @ b.T for wide (r, m) arrays, summed over column chunks of at most `columns` (a
+    divisor of m): the whole product made XLA transpose an operand, one more (r, m) copy."""
+    m = a.shape[1]
+    chunk = max(c for c in range(1, min(columns, m) + 1) if m % c == 0)
+    if chunk == m or chunk < 64:
+        return a @ b.T
+
+    def add(i, acc):
+        start = i * chunk
+        pa = jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=1)
+        pb = jax.lax.dynamic_slice_in_dim(b, start, chunk, axis=1)
+        return acc + pa @ pb.T
+
+    return jax.lax.fori_loop(0, m // chunk, add, jnp.zeros((a.shape[0], b.shape[0]),
+                                                          jnp.result_type(a, b)))
 
 
 def blocked(apply: Callable, rows: jax.Array, block: int | None) -> jax.Array:
-    """apply(rows) computed `block` rows at a time (one compiled loop body; zero padding)."""
+    """apply(rows) computed `block` rows at a time (one compiled loop body; zero padding
+    where block does not divide the rows, which costs a copy of them)."""
     n = rows.shape[0]
     if block is None or n <= block:
         return apply(rows)
     count = -(-n // block)
-    padded = jnp.pad(rows, ((0, count * block - n), (0, 0)))
-    out = jax.lax.map(apply, padded.reshape(count, block, -1))
-    return out.reshape(count * block, -1)[:n]
+    if count * block != n:
+        rows = jnp.pad(rows, ((0, count * block - n), (0, 0)))
+    out = jax.lax.map(apply, rows.reshape(count, block, -1))
+    out = out.reshape(count * block, -1)
+    return out if count * block == n else out[:n]
 
 
 def power_max_eig(apply: Callable, m: int, key: jax.Array, iterations: int = 30, dtype=jnp.float32):

@@ -14,7 +14,8 @@ import dataclasses
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ctbayes.laplace import exact
+from ctbayes.dip.fit import build_network, image_function, parameter_count
+from ctbayes.laplace import exact, memory
 from ctbayes.laplace.linearise import linear_model
 from ctbayes.laplace.posterior import LaplaceConfig, LinearisedLaplace, fit_laplace, pixel_features
 from ctbayes.posteriors.base import Diagnostics, PosteriorBase
@@ -94,13 +95,41 @@ def engine_config(config: LaplaceConfig, samples: int, seed: int) -> LaplaceConf
                                std_samples=samples, seed=seed)
 
 
-def check_problem(config: LaplaceConfig, A, y, num_params: int) -> None:
-    """Refuse, before any fitting, a problem too large for the exact solver (each per-pixel
-    feature group, `laplace.posterior.pixel_features`, adds one parameter per pixel)."""
+def check_problem(config: LaplaceConfig | None, A, y, dip_config) -> None:
+    """Refuse, before any fitting, a problem the Laplace pass cannot handle: too large for the
+    exact solver (each per-pixel feature group, `laplace.posterior.pixel_features`, adds one
+    parameter per pixel), or unable to fit the memory budget even at its smallest
+    (`laplace.memory`; the DIP of `dip_config` is traced, not run)."""
+    config = LaplaceConfig() if config is None else config
+    num_params = parameter_count(dip_config)
+    pixels = int(np.prod(A.domain_shape))
     if config.solver == "exact":
-        pixels = int(np.prod(A.domain_shape))
         exact.check_size(pixels, int(np.size(y)),
                          num_params + pixels * len(pixel_features(config)))
+        return
+    check_memory(A, y, dip_config, config)
+
+
+def check_memory(A, y, dip_config, config: LaplaceConfig) -> None:
+    """InputError when the Laplace pass of a DIP with `dip_config` on data y cannot fit
+    config.memory_budget (`ctbayes.laplace.memory`) even at its smallest: the network's
+    intermediates are traced (not run), in float64 unless config.precision is "float32"
+    (with "auto" the pass may move to float64)."""
+    from flax import nnx
+
+    model, z = build_network(dip_config, tuple(A.domain_shape))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    activation = memory.activation_bytes(image_function(graphdef, rest, z), params)
+    itemsize = 4 if config.precision == "float32" else 8
+    matrix = getattr(A, "matrix", None)
+    sizes = memory.Sizes(
+        pixels=int(np.prod(A.domain_shape)), data=int(np.size(y)),
+        params=parameter_count(dip_config),
+        activation=activation * itemsize // 4, itemsize=itemsize,
+        matrix_nnz=int(getattr(matrix, "nse", 0)) if matrix is not None else 0,
+        kept_samples=config.std_samples)
+    rank = config.precond_rank if config.solver == "cg" else 0
+    memory.plan(sizes, rank, config.samples + 1, memory.budget_bytes(config.memory_budget), 4)
 
 
 def build(fit, A, y, config: LaplaceConfig, *, samples: int, seed: int,

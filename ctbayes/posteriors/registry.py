@@ -27,7 +27,7 @@ class Method(enum.StrEnum):
     GP = "gp"
 
 
-def _no_check(config, A, y, num_params: int) -> None:
+def _no_check(config, A, y, dip_config) -> None:
     """Nothing to refuse before the fit."""
     return None
 
@@ -44,8 +44,8 @@ class Entry:
     config: its config dataclass (default-constructible). build: its builder.
     needs_fit: whether it is built from a fitted DIP (False: the GP prior, from the data
       alone). network(config, dip): the DIP settings it needs (MC dropout: dropout on).
-    check(config, A, y, num_params): refuse, before any fitting, a problem the method cannot
-      handle (InputError).
+    check(config, A, y, dip_config): refuse, before any fitting, a problem the method cannot
+      handle with a DIP of `dip_config` (InputError).
     """
 
     config: type

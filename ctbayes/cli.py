@@ -208,7 +208,7 @@ def _calibrate_protocol(args):
 
     if args.output is None:
         raise InputError("--conformal writes a protocol calibration: give its file with -o.")
-    output = prepare_output_file(args.output, "calibration file")
+    output = prepare_output_file(args.output, "calibration file", inputs=args.results)
     learned = learn_protocol(args.results, args.conformal)
     for path, value in zip(args.results, learned.pop("z_rms")):
         print(f"{path}: z_rms {value:.4g} (unscaled)")

@@ -3,6 +3,7 @@ split-conformal quantile: the file applies exactly the learned numbers, refuses 
 protocol and bad files in one sentence with no output, and the conformal coverage is the
 exact finite-sample one."""
 
+import hashlib
 import json
 import math
 
@@ -184,3 +185,12 @@ def test_calibrate_refuses_mixed_protocols(fitted, capsys):
              out, mention="different protocols")
     _refused(capsys, ["calibrate", str(folder / "a.ctbayes.h5"), "--conformal", "0.1"],
              mention="-o")
+
+
+def test_calibrate_refuses_to_write_over_one_of_its_results(fitted, capsys):
+    folder, _ = fitted
+    result = folder / "a.ctbayes.h5"
+    before = hashlib.sha256(result.read_bytes()).hexdigest()
+    err = _refused(capsys, ["calibrate", str(result), "-o", str(result)], mention=str(result))
+    assert "input" in err
+    assert hashlib.sha256(result.read_bytes()).hexdigest() == before

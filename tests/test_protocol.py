@@ -100,9 +100,10 @@ def test_round_trip_applies_exactly_the_learned_calibration(fitted, capsys):
     assert main(["reconstruct", str(paths["a"]), *TINY, "--std-scale", repr(scale),
                  "--edge-std", repr(edge), "-o", str(direct)]) == 0
     applied, expected = read_result(with_file), read_result(direct)
-    assert applied.settings["uncertainty_std_scale"] == scale
-    assert applied.settings["uncertainty_edge_std"] == edge
-    assert applied.settings["uncertainty_calibration"] == str(protocol)
+    recorded = applied.uncertainty_settings()
+    assert recorded["std_scale"] == scale
+    assert recorded["edge_std"] == edge
+    assert recorded["calibration"] == str(protocol)
     np.testing.assert_array_equal(applied.std, expected.std)
     np.testing.assert_array_equal(applied.mean, expected.mean)
     # against the uncalibrated std: not the same map

@@ -54,6 +54,7 @@ def feature_map(name: str, image, xp=jnp):
 
 
 def check_names(names) -> tuple[str, ...]:
+    """The feature names as a tuple; InputError for a name not in FEATURES."""
     names = tuple(names)
     for name in names:
         feature_map(name, np.zeros((1, 1)), np)  # refuses an unknown name

@@ -108,22 +108,27 @@ class Sizes:
 
     @property
     def row(self) -> int:
+        """Bytes per row processed at once: its traced intermediates and its vectors."""
         return (int(ROW_ACTIVATION_SHARE * self.activation)
                 + 4 * self.itemsize * (self.data + self.pixels + self.params))
 
     @property
     def fixed(self) -> int:
+        """Bytes held whatever the rank and batch: the model, the matrix, the samples kept."""
         return (self.activation + self.matrix_nnz * (self.itemsize + 8)
                 + 6 * self.itemsize * (self.params + self.data + self.pixels)
                 + 3 * 4 * self.kept_samples * self.pixels)
 
     def sketch(self, rank: int, block: int) -> int:
+        """Bytes of the Nystrom set-up at `rank`, sketching `block` rows at once."""
         return int(SKETCH_ARRAYS * rank * self.data * self.itemsize) + block * self.row
 
     def e_step(self, rank: int, batch: int, factor_itemsize: int) -> int:
+        """Bytes of an E-step: the stored factor and `batch` CG rows at once."""
         return rank * self.data * factor_itemsize + batch * (self.row + 8 * self.data * self.itemsize)
 
     def peak(self, rank: int, block: int, batch: int, factor_itemsize: int) -> int:
+        """Predicted peak bytes of the pass: the fixed part plus the larger phase."""
         return self.fixed + max(self.sketch(rank, block), self.e_step(rank, batch, factor_itemsize))
 
 

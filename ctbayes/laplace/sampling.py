@@ -412,9 +412,11 @@ class RunningMoments:
 
     @property
     def mean(self) -> np.ndarray:
+        """The running mean of the samples seen so far."""
         return self._mean
 
     def variance(self, ddof: int = 1) -> np.ndarray:
+        """The running variance (divided by count - ddof) of the samples seen so far."""
         return self._m2 / (self.count - ddof)
 
     def rms(self) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -124,7 +125,7 @@ def check_memory(A, y, dip_config, config: LaplaceConfig) -> None:
     matrix = getattr(A, "matrix", None)
     sizes = memory.Sizes(
         pixels=int(np.prod(A.domain_shape)), data=int(np.size(y)),
-        params=parameter_count(dip_config),
+        params=sum(int(np.size(p)) for p in jax.tree.leaves(params)),
         activation=activation * itemsize // 4, itemsize=itemsize,
         matrix_nnz=int(getattr(matrix, "nse", 0)) if matrix is not None else 0,
         kept_samples=config.std_samples)
